@@ -1,0 +1,88 @@
+"""Knowledge distillation (Hinton et al. 2015): a student learns from a frozen teacher's outputs and the labels.
+
+Classification: ``α · CE(student, y) + (1 − α) · T² · KL(softmax(teacher/T) ‖ softmax(student/T))``. The T² keeps
+the soft term's gradients at the same scale as the hard term's whatever the temperature (they shrink as 1/T²).
+Regression: ``α · MSE(student, y) + (1 − α) · MSE(student, teacher)``; the temperature plays no part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    task: str,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """The blended loss of one batch; ``student``/``teacher`` ``(B, K)`` logits or ``(B, 1)`` values."""
+    if task == "regression":
+        pred = student.reshape(-1)  # (B,)
+        hard = F.mse_loss(pred, target.reshape(-1).to(pred.dtype))
+        soft = F.mse_loss(pred, teacher.reshape(-1).to(pred.dtype))
+        return alpha * hard + (1.0 - alpha) * soft
+    hard = F.cross_entropy(student, target.long())
+    t = temperature
+    # KL(p_teacher ‖ p_student) with both as log-probabilities; batchmean is the true KL per example
+    soft = F.kl_div(
+        F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean", log_target=True
+    )
+    return alpha * hard + (1.0 - alpha) * (t * t) * soft
+
+
+class DistillModule(L.LightningModule):
+    """Trains ``student`` (a family LightningModule) against a frozen ``teacher`` net.
+
+    Validation and test delegate to the student, so metric names (``val/acc``, ``test/mse``) and the optimizer
+    (the student's own ``configure_optimizers``) are exactly those of a normal fit. The teacher is held outside
+    the module's registered children: it is not trained, not saved in checkpoints, not wrapped by DDP, and never
+    switched to train mode by Lightning; it runs in eval mode under ``no_grad``.
+    """
+
+    def __init__(self, student: L.LightningModule, teacher: nn.Module, task: str, alpha: float, temperature: float):
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+            raise ValueError(f"need 0 ≤ alpha ≤ 1 and temperature > 0; got alpha={alpha}, temperature={temperature}")
+        self.save_hyperparameters("task", "alpha", "temperature")
+        self.student = student
+        object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))  # not a submodule, on purpose
+        self.task, self.alpha, self.temperature = task, alpha, temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device).eval()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        with torch.no_grad():
+            soft_targets = self.teacher(x)  # (B, K)
+        loss = distillation_loss(
+            self.student(x), soft_targets, y, task=self.task, alpha=self.alpha, temperature=self.temperature
+        )
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._as_student().validation_step(batch, batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._as_student().test_step(batch, batch_idx)
+
+    def _as_student(self) -> L.LightningModule:
+        # Lightning lets a module self.log() only inside the hook it is running; the student runs inside ours
+        self.student._current_fx_name = self._current_fx_name
+        return self.student
+
+    def configure_optimizers(self) -> Any:
+        return self.student.configure_optimizers()

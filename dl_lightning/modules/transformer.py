@@ -1,0 +1,34 @@
+"""Transformer family: an encoder over sequences or token ids, mean-pooled."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from dl_lightning.errors import InputError
+from dl_lightning.modules.base import SupervisedModule
+from dl_lightning.nets.transformer import TransformerNet
+
+
+class TransformerModule(SupervisedModule):
+    family: ClassVar[str] = "transformer"
+    accepts: ClassVar[frozenset[str]] = frozenset({"sequence", "text"})
+
+    def __init__(
+        self,
+        data: dict,
+        d_model: int = 64,
+        nhead: int = 4,
+        num_layers: int = 2,
+        dim_feedforward: int = 128,
+        dropout: float = 0.1,
+        optim: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if d_model % nhead:
+            raise InputError(
+                f"model.transformer.nhead={nhead} must divide model.transformer.d_model={d_model}; "
+                f"e.g. nhead={next(h for h in (8, 4, 2, 1) if d_model % h == 0)}"
+            )
+        self.init_supervised(data, optim)
+        self.net = TransformerNet(data, d_model, nhead, num_layers, dim_feedforward, dropout)

@@ -1,0 +1,186 @@
+"""Compression per family: size, latency and accuracy of ONNX fp32, INT8 and the distilled student.
+
+For each family a teacher is trained briefly (``train``), then ``pipelines.compress.compress`` distills, exports,
+quantizes and writes its report; sizes and accuracies come from that report (``compress_report.json``). Latencies
+are measured again here, interleaved across the variants repeat by repeat (the report's own are taken one variant
+after another), with the export module's timers: one thread, batch 1 and 64, median of per-repeat p50 ratios
+against the teacher in eager PyTorch fp32.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.benchmarks.common import BenchContext, BenchResult, Row, interleave, median, quiet, ratio
+from pipelines.config import Config, load_config
+
+TITLE = "Compression per family: INT8 and distilled student vs PyTorch fp32"
+FAMILIES = {
+    "mlp": ["data.source=builtin:breast_cancer", "model.family=mlp"],
+    "cnn": ["data.source=builtin:digits", "model.family=cnn"],
+    "rnn": ["data.source=builtin:digits", "data.kind=sequence", "model.family=rnn"],
+    "transformer": ["data.source=builtin:digits", "data.kind=sequence", "model.family=transformer"],
+}
+SMALLER, FASTER, DROP = 3.5, 2.0, 1.0  # targets: INT8 size, INT8 speed at batch 1 (mlp, cnn, rnn), points
+
+
+def family_config(ctx: BenchContext, family: str, epochs: int) -> Config:
+    out = ctx.folder(f"compress-{family}")
+    return load_config(
+        None,
+        [
+            *FAMILIES[family],
+            f"trainer.max_epochs={epochs}",
+            "trainer.threads=1",
+            "tracking.enabled=false",
+            f"compress.epochs={epochs}",
+            "compress.latency_repeats=10",
+            "compress.max_student_drop=100",  # the benchmark reports drops; it does not gate on them
+            "compress.max_int8_drop=100",
+            f"output_dir={out}",
+        ],
+    )
+
+
+def compress_family(ctx: BenchContext, family: str, epochs: int) -> dict[str, Any]:
+    from pipelines.compress import compress
+    from pipelines.train import train
+
+    cfg = family_config(ctx, family, epochs)
+    with quiet():
+        trained = train(cfg)
+        result = compress(cfg.with_overrides({"output_dir": f"{cfg.output_dir}/compressed"}), trained.best_checkpoint)
+    report = json.loads(Path(result.report_json).read_text())
+    return {"cfg": cfg, "checkpoint": trained.best_checkpoint, "files": result.files, "report": report}
+
+
+def latencies(ctx: BenchContext, job: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """Per repeat, the p50 ms of every variant at batch 1 and 64, variants interleaved."""
+    from dl_lightning.registry import load_model
+    from pipelines import export
+    from pipelines.train import load_data
+
+    net = load_model(job["checkpoint"]).export_net()[0]
+    test_x = load_data(job["cfg"]).test[0]
+    batches = {b: np.ascontiguousarray(test_x[np.arange(b) % len(test_x)]) for b in (1, 64)}
+    sessions = {role: export.open_session(path, threads=1) for role, path in job["files"].items()}
+    calls = 10 if ctx.quick else 30
+
+    def torch_p50() -> dict[str, float]:
+        return {f"b{b}": export.torch_latency(net, x, calls)[0] for b, x in batches.items()}
+
+    def onnx_p50(session) -> dict[str, float]:
+        return {f"b{b}": export.onnx_latency(session, x, calls)[0] for b, x in batches.items()}
+
+    variants = {"pytorch": torch_p50} | {role: (lambda s=s: onnx_p50(s)) for role, s in sessions.items()}
+    return interleave(variants, ctx.repeats)
+
+
+def family_rows(family: str, job: dict[str, Any], lat: dict[str, list[dict[str, float]]]) -> list[Row]:
+    report = job["report"]
+    rows = {r["model"]: r for r in report["rows"]}
+    fp32 = rows["teacher fp32 (ONNX)"]
+    int8 = next((r for name, r in rows.items() if name.startswith("teacher INT8")), None)
+    out: list[Row] = []
+    if int8 is not None:
+        size = fp32["size_bytes"] / int8["size_bytes"]
+        out.append(
+            Row(f"{family}: size fp32 → INT8", size, "× smaller", f"≥ {SMALLER:g}", size >= SMALLER, int8["model"])
+        )
+    for b in ("b1", "b64"):
+        torch_ms = [r[b] for r in lat["pytorch"]]
+        for role in ("teacher", "teacher-int8", "student", "student-int8"):
+            if role not in lat:
+                continue
+            speed, spread = ratio(torch_ms, [r[b] for r in lat[role]])
+            gated = role == "teacher-int8" and b == "b1" and family != "transformer"
+            out.append(
+                Row(
+                    f"{family}: speed-up {role} ONNX vs PyTorch fp32, batch {b[1:]}",
+                    speed,
+                    "×",
+                    f"≥ {FASTER:g}" if gated else None,
+                    speed >= FASTER if gated else None,
+                    f"{median([r[b] for r in lat[role]]):.3f} ms vs {median(torch_ms):.3f} ms",
+                    spread,
+                )
+            )
+    out += accuracy_rows(family, report, rows, fp32, int8)
+    return out
+
+
+def accuracy_rows(family: str, report: dict, rows: dict, fp32: dict, int8: dict | None) -> list[Row]:
+    out = []
+    if int8 is not None and fp32["metric"] is not None:
+        drop = (fp32["metric"] - int8["metric"]) * 100
+        out.append(Row(f"{family}: accuracy drop INT8 vs fp32", drop, "points", f"≤ {DROP:g}", drop <= DROP))
+    student = rows.get("student fp32 (PyTorch)")
+    teacher = rows.get("teacher fp32 (PyTorch)")
+    if student and teacher and student["metric"] is not None:
+        params = student["params"] / teacher["params"]
+        out.append(
+            Row(
+                f"{family}: accuracy drop student vs teacher",
+                (teacher["metric"] - student["metric"]) * 100,
+                "points",
+                note=f"student has {100 * params:.0f}% of the parameters",
+            )
+        )
+    gain = report.get("student", {}).get("gain_over_scratch")
+    if gain is not None:
+        out.append(Row(f"{family}: distilled student − same student from scratch", gain, "points"))
+    return out
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    epochs = 1 if ctx.quick else 3
+    families = ["mlp", "cnn"] if ctx.quick else list(FAMILIES)
+    rows: list[Row] = []
+    raw: dict[str, Any] = {}
+    for family in families:
+        job = compress_family(ctx, family, epochs)
+        lat = latencies(ctx, job)
+        rows += family_rows(family, job, lat)
+        raw[family] = {"latency_p50_ms": lat, "report_rows": job["report"]["rows"]}
+    setup = {"families": {f: FAMILIES[f] for f in families}, "teacher_epochs": epochs, "student_epochs": epochs}
+    return BenchResult("compression", TITLE, rows, interpretation(rows, families), setup, raw)
+
+
+def interpretation(rows: list[Row], families: list[str]) -> str:
+    lines = []
+    for family in families:
+        mine = {r.measure.split(": ", 1)[1]: r for r in rows if r.measure.startswith(f"{family}:")}
+        size = mine.get("size fp32 → INT8")
+        fast = mine.get("speed-up teacher-int8 ONNX vs PyTorch fp32, batch 1")
+        drop = mine.get("accuracy drop INT8 vs fp32")
+        parts = [f"- **{family}**:"]
+        if size:
+            parts.append(f"INT8 ({size.note}) is {size.value:.1f}× smaller ({_met(size)});")
+        onnx = mine.get("speed-up teacher ONNX vs PyTorch fp32, batch 1")
+        if fast:
+            parts.append(f"at batch 1 it runs {fast.value:.1f}× faster than eager PyTorch ({_met(fast)})")
+        if fast and onnx:
+            parts.append(f"— ONNX fp32 alone is {onnx.value:.1f}×, so INT8 itself adds {fast.value / onnx.value:.2f}×;")
+        if drop:
+            parts.append(f"accuracy moves by {-drop.value:+.2f} points ({_met(drop)}).")
+        lines.append(" ".join(parts))
+    lines.append(
+        "- Why: at batch 1 these nets are tiny, so eager PyTorch's per-operator dispatch dominates and ONNX "
+        "Runtime's graph wins even in fp32; INT8 then helps only where integer kernels beat the cost of "
+        "quantizing activations (larger matrices, batch 64), and can lose at batch 1 on nets this small. Size ratios "
+        "below 4× come from the parts that stay fp32 (biases, normalization, scales and zero points, graph "
+        "overhead), which weigh more the smaller the model. Static QDQ INT8 on the CNN needs calibration "
+        "(the report's calibration batches). At batch 64 compute dominates and the gaps shrink. Teachers and "
+        "students here train for only a few epochs: accuracy deltas are indicative, not final numbers."
+    )
+    return "\n".join(lines)
+
+
+def _met(row: Row) -> str:
+    if row.met is None:
+        return "no target"
+    return f"target {row.target}: {'met' if row.met else 'missed'}"

@@ -1,0 +1,315 @@
+"""``dlforge`` — the command line: the one place that reads argv, files and environment into a Config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dl_lightning.errors import InputError
+from pipelines.benchmarks.cli import BENCH_FLAGS, BENCH_HELP, cmd_bench
+from pipelines.config import Config, dump_yaml, load_config
+from pipelines.outputs import check_writable, write_json_atomic
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dlforge`` console script and ``python -m pipelines``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries(args.command)
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        print(f"dlforge: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dlforge: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlforge", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (handler, help_text, extra) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+        for flag, options in extra.items():
+            sub.add_argument(flag, **options)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def config_from(args: argparse.Namespace, preset: dict[str, Any] | None = None) -> Config:
+    """The optional YAML file (first item without ``=``), then ``preset``, then the ``key=value`` overrides."""
+    files = [item for item in args.items if "=" not in item]
+    if len(files) > 1:
+        raise InputError(f"expected one config file, got {files}; pass one YAML file and key=value overrides")
+    return load_config(files[0] if files else None, [item for item in args.items if "=" in item], preset)
+
+
+def write_summary(cfg: Config, command: str, started: float, **fields: Any) -> Path:
+    """``<output_dir>/summary.json``: command, resolved config, metrics, paths, wall time, run id, extras."""
+    summary = {
+        "command": command,
+        "argv": sys.argv,
+        "config": cfg.to_dict(),
+        **fields,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+    }
+    return write_json_atomic(Path(cfg.output_dir) / "summary.json", summary)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    print(dump_yaml(config_from(args)), end="")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines import tracking
+    from pipelines.train import check_resources, train
+
+    started = time.perf_counter()
+    cfg = config_from(args)
+    check_writable(cfg.output_dir)
+    check_resources(cfg)
+    resume = _resume_path(cfg, args.resume)
+    continued = tracking.run_id_from_checkpoint(resume) if cfg.tracking.enabled else None
+    with tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=args.parent_run_id) as run_id:
+        callbacks = tracking.lightning_callbacks(cfg, run_id)
+        result = train(cfg, resume=resume, callbacks=callbacks, run_id=run_id)
+        logged = tracking.log_train_result(run_id, cfg, result)
+    if not result.is_global_zero:
+        return 0
+    paths = {"best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint}
+    summary = write_summary(
+        cfg,
+        "train",
+        started,
+        metrics=result.metrics,
+        paths=paths,
+        mlflow_run_id=result.run_id,
+        tracking=tracking.summary_fields(cfg, logged),
+        data=_brief(result.data),
+    )
+    _print_result(result.metrics, paths, summary)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.run import check_pipeline, quick_overrides, run_pipeline
+    from pipelines.train import check_resources
+
+    started = time.perf_counter()
+    cfg = config_from(args, preset=quick_overrides() if args.quick else None)
+    check_writable(cfg.output_dir)
+    check_resources(cfg)
+    check_pipeline(cfg)
+    result = run_pipeline(cfg, force=args.force)
+    trained = result.stages["train"]
+    summary = write_summary(
+        cfg,
+        "run",
+        started,
+        metrics=trained["metrics"],
+        champion=result.champion,
+        gates=result.stages["compress"]["gates"],
+        passed=result.stages["compress"]["passed"],
+        skipped_stages=result.skipped,
+        stage_seconds=result.timings,
+        paths={"report_md": result.report_md, "report_html": result.report_html, **trained["paths"]},
+        mlflow_run_id=result.run_id,
+    )
+    _print_pipeline(cfg, result, summary)
+    return 0 if result.stages["compress"]["passed"] else 1
+
+
+def _print_pipeline(cfg: Config, result: Any, summary: Path) -> None:
+    champion = result.champion or {}
+    if champion.get("champion"):
+        print(f"  champion           {champion['name']} version {champion['champion']}")
+    elif cfg.tracking.enabled:
+        print("  champion           none: no version has passed its gates")
+    _print_result(result.stages["train"]["metrics"], {"report": result.report_html}, summary)
+    if cfg.tracking.enabled:
+        extra = " ".join(a for a in sys.argv[2:] if a.endswith((".yaml", ".yml")) or a.startswith("tracking."))
+        print(f"  dashboard          dlforge ui {extra}".rstrip())
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pipelines.sweep import format_table, load_sweep_config, sweep
+
+    started = time.perf_counter()
+    if args.resume and args.items:
+        raise InputError("--resume continues a sweep with its saved config; drop the config file and overrides")
+    cfg = load_sweep_config(args.resume) if args.resume else config_from(args)
+    check_writable(cfg.output_dir)
+    result = sweep(cfg, resume=args.resume)
+    print(format_table(result))
+    best = {"metric": result.metric, "mode": result.mode, "value": result.best_metric, "trial": result.best_trial}
+    summary = write_summary(
+        cfg,
+        "tune",
+        started,
+        best=best,
+        best_overrides=result.best_overrides,
+        best_config=result.best_config,
+        num_trials=len(result.trials),
+        stopped_early=result.stopped_early,
+        errored=result.errored,
+        trials=result.trials,
+        paths={"results_csv": result.results_csv, "plot": result.plot, "experiment_path": result.experiment_path},
+        timing=result.timing,
+        mlflow_run_id=result.run_id,
+    )
+    paths = {"best_config": result.best_config, "results": result.results_csv, "resume_with": result.experiment_path}
+    _print_result(
+        {f"best {result.metric}": result.best_metric} if result.best_metric is not None else {}, paths, summary
+    )
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from pipelines.tracking import serve_ui
+
+    return serve_ui(config_from(args), host=args.host, port=args.port)
+
+
+def _resume_path(cfg: Config, resume: str | None) -> str | None:
+    """``--resume auto`` continues from ``<output_dir>/checkpoints/last.ckpt`` when there is one."""
+    if resume is None:
+        return None
+    path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if resume == "auto" else Path(resume)
+    if path.is_file():
+        return str(path.absolute())
+    if resume == "auto":
+        return None
+    raise InputError(f"checkpoint {resume!r} not found; pass an existing .ckpt file or --resume auto")
+
+
+def _brief(data: dict[str, Any]) -> dict[str, Any]:
+    """The data facts worth a glance in summary.json (the vocabulary stays in the checkpoint)."""
+    keep = ("kind", "task", "input_shape", "num_outputs", "class_names", "fingerprint")
+    return {k: data[k] for k in keep if k in data}
+
+
+def _print_result(metrics: dict[str, float], paths: dict[str, Any], summary: Path) -> None:
+    for name, value in sorted(metrics.items()):
+        print(f"  {name:<18} {value:.4f}")
+    for name, value in paths.items():
+        if value:
+            print(f"  {name:<18} {value}")
+    print(f"  {'summary':<18} {summary}")
+
+
+EXIT_GATE_FAILED = 1
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from pipelines.compress import compress, print_report
+
+    started = time.perf_counter()
+    cfg = config_from(args)
+    if not args.teacher:
+        raise InputError("dlforge compress needs --teacher CKPT|RUN_ID|models:/<name>@<alias>")
+    check_writable(cfg.output_dir)
+    result = compress(cfg, args.teacher)
+    print_report(result)
+    summary = write_summary(
+        cfg,
+        "compress",
+        started,
+        metric=result.metric,
+        rows=[dataclasses.asdict(r) for r in result.rows],
+        gates=[dataclasses.asdict(g) for g in result.gates],
+        passed=result.passed,
+        paths={**result.files, "report_md": result.report_md, "report_json": result.report_json},
+        student=result.student,
+        teacher_run_id=result.teacher_run_id,
+        mlflow_run_id=result.run_id,
+    )
+    print(f"  {'report':<18} {result.report_md}\n  {'summary':<18} {summary}")
+    if not result.passed:
+        failed = "; ".join(f"{g.name} ({g.detail})" for g in result.gates if not g.passed)
+        print(f"dlforge: gate failed: {failed}; nothing registered", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipelines.predict import predict  # ONNX Runtime only: torch is not imported on this path
+
+    if len(args.items) != 2:
+        raise InputError("usage: dlforge predict MODEL.onnx INPUT [--output preds.csv]")
+    model, source = args.items
+    output = args.output or str(Path(source).with_suffix("")) + ".predictions.csv"
+    path, count = predict(model, source, output)
+    print(f"  {count} predictions → {path}")
+    return 0
+
+
+def _quiet_libraries(command: str) -> None:
+    """Keep the terminal for dlforge's own lines; libraries' info chatter goes to debug logs."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # inherited by DDP child processes
+    warnings.filterwarnings("ignore")
+    if command == "predict":  # ONNX Runtime only: importing Lightning would import torch
+        return
+    # Lightning sets its loggers to INFO when first imported, so set them after importing it.
+    import lightning.pytorch  # noqa: F401
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[Handler, str, dict[str, dict[str, Any]]]] = {
+    "bench": (cmd_bench, BENCH_HELP, BENCH_FLAGS),
+    "train": (
+        cmd_train,
+        "train one model family on a dataset (one process or DDP)",
+        {
+            "--resume": {"metavar": "CKPT|auto", "help": "continue from a checkpoint (auto: the last one)"},
+            "--parent-run-id": {"help": argparse.SUPPRESS},  # set by `dlforge run`: nest under its MLflow run
+        },
+    ),
+    "run": (
+        cmd_run,
+        "the main job: sweep → train (DDP) → test → register → distill → ONNX → INT8 → gates → champion → report",
+        {
+            "--quick": {"action": "store_true", "help": "shrink the job to minutes (configs/quick.yaml overlay)"},
+            "--force": {"action": "store_true", "help": "rerun stages already done with the same inputs"},
+        },
+    ),
+    "show": (cmd_show, "print the resolved config", {}),
+    "compress": (
+        cmd_compress,
+        "distill a smaller student, export to ONNX, quantize to INT8, measure, gate and report",
+        {"--teacher": {"metavar": "CKPT|RUN_ID|models:/NAME@ALIAS", "help": "the trained model to compress"}},
+    ),
+    "predict": (
+        cmd_predict,
+        "predict with an ONNX model (ONNX Runtime only): dlforge predict MODEL.onnx INPUT",
+        {"--output": {"metavar": "FILE.csv", "help": "where to write predictions (default: INPUT.predictions.csv)"}},
+    ),
+    "tune": (
+        cmd_tune,
+        "sweep hyperparameters with Ray Tune (tune.space) and write the best config",
+        {"--resume": {"metavar": "DIR", "help": "continue an interrupted sweep (its experiment_path)"}},
+    ),
+    "ui": (
+        cmd_ui,
+        "serve the MLflow dashboard of the configured tracking store (127.0.0.1 unless --host says otherwise)",
+        {
+            "--host": {"default": "127.0.0.1", "help": "interface to bind (default 127.0.0.1: this machine only)"},
+            "--port": {"type": int, "default": 5000, "help": "port to serve on (default 5000)"},
+        },
+    ),
+}

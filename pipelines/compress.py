@@ -1,0 +1,548 @@
+"""The compress stage: teacher → distilled student → ONNX fp32 → INT8 → measured → gated → report.
+
+Reads like its table of contents, :func:`compress`: load the teacher, load the data, ship the teacher (export, parity,
+quantize, measure), distill a smaller student and train the same student from scratch, ship the student, evaluate
+the gates, write the report. Every model is scored by the same function on the same test split, so the rows of the
+report differ only in the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch import nn
+
+from dl_lightning.data import DlforgeDataModule, Splits
+from dl_lightning.data.spec import DataSpec
+from dl_lightning.distill import DistillModule
+from dl_lightning.errors import InputError
+from dl_lightning.registry import FAMILY_KEY, build_model, load_model
+from pipelines import export
+from pipelines.config import Config
+from pipelines.outputs import write_json_atomic, write_text_atomic
+from pipelines.train import fit_module, load_data, optim_settings
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+WIDTH_KEYS = ("hidden", "channels", "hidden_size", "embed_dim", "d_model", "dim_feedforward", "width")
+PARITY_BATCHES = 4
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Teacher:
+    module: L.LightningModule
+    checkpoint: str
+    family: str
+    spec: DataSpec
+    arch: dict[str, Any]  # the family's keyword arguments, without data and optim
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: a model as it would ship (PyTorch eager, ONNX fp32 or ONNX INT8)."""
+
+    model: str
+    runtime: str  # pytorch | onnxruntime
+    params: int
+    size_bytes: int
+    metric: float | None
+    latency_ms: dict[str, float]  # b1_p50, b1_p95, b64_p50, b64_p95 — one thread
+    parity_max_abs_diff: float | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    """What the stage hands forward: files by path, rows, gates; ``passed`` means every gate passed."""
+
+    output_dir: str
+    metric: str | None  # test/acc, test/mse or None (gan)
+    rows: list[Row]
+    gates: list[Gate]
+    files: dict[str, str]  # teacher, teacher-int8, student, student-int8 → .onnx path
+    report_md: str
+    report_json: str
+    teacher_run_id: str | None
+    run_id: str | None = None
+    student: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The arrays every model is measured on: test split, parity batches, calibration batches, latency inputs."""
+
+    test_x: np.ndarray
+    test_y: np.ndarray | None  # None for the GAN (noise in, images out: no test metric)
+    parity: list[np.ndarray]
+    calibration: list[np.ndarray]
+    task: str | None
+
+    def batch(self, n: int) -> np.ndarray:
+        return self.test_x[np.arange(n) % len(self.test_x)]
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def compress(cfg: Config, teacher_ref: str, *, parent_run_id: str | None = None) -> CompressResult:
+    """Distill, export, quantize, measure and gate the teacher ``teacher_ref`` on ``cfg``'s data.
+
+    Args:
+        teacher_ref: a checkpoint path, an MLflow run id or ``models:/<name>@<alias>``.
+        parent_run_id: the pipeline's MLflow run, when compress runs as one of its stages.
+
+    Raises:
+        InputError: the teacher cannot be found or read, or does not fit the data.
+    """
+    teacher = load_teacher(teacher_ref)
+    splits = load_data(cfg)
+    check_compatible(teacher.spec, splits.spec)
+    probe = make_probe(cfg, teacher, splits)
+    with _tracked(cfg, teacher, parent_run_id) as run_id:
+        result = _compress(cfg, teacher, splits, probe, run_id)
+        _log(run_id, result)
+    return result
+
+
+def _compress(cfg: Config, teacher: Teacher, splits: Splits, probe: Probe, run_id: str | None) -> CompressResult:
+    out = Path(cfg.output_dir).absolute()
+    net, example = teacher.module.export_net()
+    role = "generator" if teacher.family == "gan" else "teacher"
+    rows, files, gates = ship(cfg, net, example, role, teacher, teacher.family, probe, out / "onnx")
+    student: dict[str, Any] = {}
+    if teacher.family != "gan" and cfg.compress.epochs > 0:
+        family, arch = student_arch(cfg, teacher)
+        distilled, scratch = train_students(cfg, teacher, splits, family, arch)
+        s_net, s_example = distilled.export_net()
+        s_rows, s_files, s_gates = ship(cfg, s_net, s_example, "student", teacher, family, probe, out / "onnx")
+        teacher_row, student_row = rows[0], s_rows[0]  # both PyTorch fp32
+        rows, files, gates = [*rows, *s_rows], files | s_files, [*gates, *s_gates]
+        if scratch is not None:
+            rows.append(measure_torch(cfg, "student from scratch (PyTorch)", scratch.export_net()[0], probe))
+        student = {"family": family, "arch": arch, "params_ratio": student_row.params / max(teacher_row.params, 1)}
+        if scratch is not None and probe.task is not None:
+            student["gain_over_scratch"] = -drop_points(rows[-1].metric, student_row.metric, probe.task)
+        limit = cfg.compress.max_student_drop
+        gates.append(metric_gate("student drop", teacher_row.metric, student_row.metric, probe.task, limit))
+    metric = None if probe.task is None else ("test/acc" if probe.task == "classification" else "test/mse")
+    report = {
+        "metric": metric,
+        "teacher": {"checkpoint": teacher.checkpoint, "family": teacher.family, "run_id": teacher.run_id},
+        "student": student,
+    }
+    md, js = write_report(out, report, rows, gates)
+    return CompressResult(str(out), metric, rows, gates, files, str(md), str(js), teacher.run_id, run_id, student)
+
+
+def ship(
+    cfg: Config,
+    net: nn.Module,
+    example: torch.Tensor,
+    role: str,
+    teacher: Teacher,
+    family: str,
+    probe: Probe,
+    folder: Path,
+) -> tuple[list[Row], dict[str, str], list[Gate]]:
+    """PyTorch row, ONNX fp32 row (with parity) and INT8 row of one net, their files and their gates."""
+    c = cfg.compress
+    meta = export.model_metadata(teacher.spec.to_dict(), family=family, role=role, source_run_id=teacher.run_id)
+    output = {"classification": "logits", "regression": "prediction", None: "image"}[probe.task]
+    fp32 = export.export_onnx(
+        net,
+        example,
+        folder / f"{role}.onnx",
+        metadata=meta,
+        output_name=output,
+        sequence_axis=family in ("rnn", "transformer"),
+    )
+    parity = export.check_parity(
+        net, export.open_session(fp32), probe.parity, atol=c.parity_atol, relative=probe.task == "regression"
+    )
+    rows = [measure_torch(cfg, f"{role} fp32 (PyTorch)", net, probe)]
+    rows.append(measure_onnx(cfg, f"{role} fp32 (ONNX)", fp32, rows[0].params, probe, parity.max_abs_diff))
+    gates = [Gate(f"{role} parity", parity.passed, f"max |Δ| {parity.max_abs_diff:.2e} ≤ {parity.tolerance:.1e}")]
+    files = {role: str(fp32)}
+    recipe = export.choose_recipe(export.load_onnx(fp32, with_weights=False), c.quantization)
+    if recipe != "none":
+        int8 = export.quantize_onnx(
+            fp32, folder / f"{role}-int8.onnx", recipe=recipe, per_channel=c.per_channel, calibration=probe.calibration
+        )
+        rows.append(measure_onnx(cfg, f"{role} INT8 ({recipe})", int8, rows[0].params, probe, None))
+        files[f"{role}-int8"] = str(int8)
+        if probe.task is not None:
+            gates.append(metric_gate(f"{role} INT8 drop", rows[1].metric, rows[2].metric, probe.task, c.max_int8_drop))
+    return rows, files, gates
+
+
+# ---------------------------------------------------------------- teacher
+
+
+def load_teacher(ref: str) -> Teacher:
+    """The teacher module from a checkpoint path, an MLflow run id or ``models:/<name>@<alias>``."""
+    path, run_id = resolve_teacher(ref)
+    try:
+        module = load_model(path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except InputError:
+        raise
+    except Exception as exc:  # a truncated zip, a pickle refused by weights_only, ...
+        raise InputError(
+            f"cannot read teacher checkpoint {path!r} ({type(exc).__name__}); pass a dlforge .ckpt"
+        ) from None
+    hparams = dict(checkpoint["hyper_parameters"])
+    spec = DataSpec.from_dict(hparams.pop("data"))
+    hparams.pop("optim", None)
+    run_id = run_id or _checkpoint_run_id(path)
+    return Teacher(module.eval(), path, checkpoint[FAMILY_KEY], spec, hparams, run_id)
+
+
+def _checkpoint_run_id(path: str) -> str | None:
+    """The MLflow run recorded in the checkpoint by tracking's callback (the ONNX metadata's source run)."""
+    try:
+        from pipelines.tracking import run_id_from_checkpoint
+    except ImportError:
+        return None
+    return run_id_from_checkpoint(path)
+
+
+def resolve_teacher(ref: str) -> tuple[str, str | None]:
+    """(checkpoint path, run id or None); run ids and registry URIs go through ``pipelines.tracking``."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return str(path.absolute()), None
+    if ref.startswith("models:/") or RUN_ID.fullmatch(ref):
+        # INTEGRATION POINT (pipelines.tracking): resolve_checkpoint(ref) -> (local .ckpt path, run id)
+        try:
+            from pipelines import tracking
+        except ImportError:
+            tracking = None
+        resolve = getattr(tracking, "resolve_checkpoint", None)
+        if resolve is None:
+            raise InputError(f"teacher {ref!r} needs MLflow tracking to resolve; pass the checkpoint path instead")
+        return resolve(ref)
+    raise InputError(f"teacher {ref!r} is not a checkpoint file, an MLflow run id or models:/<name>@<alias>")
+
+
+def check_compatible(teacher: DataSpec, data: DataSpec) -> None:
+    """The data must look to the teacher like the data it was trained on (shape, outputs, kind, vocabulary)."""
+    for name in ("kind", "task", "input_shape", "num_outputs", "vocab"):
+        if getattr(teacher, name) != getattr(data, name):
+            raise InputError(
+                f"the teacher was trained on data with {name}={_short(getattr(teacher, name))} but data.source gives "
+                f"{_short(getattr(data, name))}; pass the teacher's data config"
+            )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+# ---------------------------------------------------------------- student
+
+
+def student_arch(cfg: Config, teacher: Teacher) -> tuple[str, dict[str, Any]]:
+    """The student's family and keyword arguments: the starting architecture shrunk by ``compress.student``."""
+    s = cfg.compress.student
+    if s.family == "same":
+        family, arch = teacher.family, dict(teacher.arch)
+    else:
+        family, arch = s.family, dataclasses.replace(cfg.model, family=s.family).arch()
+    return family, shrink(arch, s.width, s.depth)
+
+
+def shrink(arch: dict[str, Any], width: float, depth: int) -> dict[str, Any]:
+    """Widths × ``width`` (at least 1); with ``depth`` > 0, stacks cut to ``depth`` layers.
+
+    A transformer's ``d_model`` stays a multiple of ``nhead`` (attention splits it evenly between heads).
+    """
+    out = dict(arch)
+    for key in WIDTH_KEYS:
+        if isinstance(out.get(key), list | tuple):
+            sizes = [max(1, round(v * width)) for v in out[key]]
+            out[key] = sizes[:depth] if depth else sizes
+        elif isinstance(out.get(key), int) and not isinstance(out[key], bool):
+            out[key] = max(1, round(out[key] * width))
+    if depth and isinstance(out.get("num_layers"), int):
+        out["num_layers"] = depth
+    if "d_model" in out and "nhead" in out:
+        heads = out["nhead"]
+        out["d_model"] = max(heads, round(out["d_model"] / heads) * heads)
+    return out
+
+
+def train_students(
+    cfg: Config, teacher: Teacher, splits: Splits, family: str, arch: dict[str, Any]
+) -> tuple[L.LightningModule, L.LightningModule | None]:
+    """The distilled student and (when ``compress.scratch``) the same student trained on labels alone.
+
+    Both start from the same seed, hence the same initial weights, and get the same epochs, data and optimizer.
+    """
+    c = cfg.compress
+    distilled = _build_student(cfg, teacher, family, arch)
+    module = DistillModule(distilled, teacher.module, teacher.spec.task, c.alpha, c.temperature)
+    _fit(cfg, module, splits, "student")
+    if not c.scratch:
+        return distilled, None
+    scratch = _build_student(cfg, teacher, family, arch)
+    _fit(cfg, scratch, splits, "scratch")
+    return distilled, scratch
+
+
+def _student_cfg(cfg: Config, name: str, family: str) -> Config:
+    """The training config of a student fit: its own folder, the compress budget, one process."""
+    out = Path(cfg.output_dir).absolute() / name
+    return cfg.with_overrides(
+        {
+            "output_dir": str(out),
+            "model.family": family,
+            "trainer.max_epochs": cfg.compress.epochs,
+            "trainer.devices": 1,  # a small student on one process: DDP would relaunch the whole command
+            "trainer.num_nodes": 1,
+            "trainer.strategy": "auto",
+        }
+    )
+
+
+def _build_student(cfg: Config, teacher: Teacher, family: str, arch: dict[str, Any]) -> L.LightningModule:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return build_model(family, teacher.spec, arch, optim_settings(_student_cfg(cfg, "student", family)))
+
+
+def _fit(cfg: Config, module: L.LightningModule, splits: Splits, name: str) -> None:
+    family = module.student.family if isinstance(module, DistillModule) else module.family
+    fit_cfg = _student_cfg(cfg, name, family)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = DlforgeDataModule(
+        splits,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        augment=dataclasses.asdict(cfg.data.augment),
+    )
+    fit_module(fit_cfg, module, datamodule, splits.spec.task)  # tests the best checkpoint: weights end there
+    module.eval()
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def make_probe(cfg: Config, teacher: Teacher, splits: Splits) -> Probe:
+    b, rng = cfg.data.batch_size, np.random.default_rng(cfg.seed)
+    if teacher.family == "gan":  # the generator's inputs are noise: a fixed, seeded set stands in for data
+        latent = teacher.module.export_net()[1].shape[1]
+        noise = rng.standard_normal((256, latent)).astype(np.float32)
+        return Probe(
+            noise, None, _batches(noise, b, PARITY_BATCHES), _batches(noise, b, cfg.compress.calibration_batches), None
+        )
+    train_x = splits.train[0][rng.permutation(len(splits.train[0]))]
+    val_x = splits.val[0]
+    parity = [*_batches(val_x, b, PARITY_BATCHES), val_x[:1]]  # batch 1 too: a dynamic axis must really be dynamic
+    return Probe(
+        splits.test[0], splits.test[1], parity, _batches(train_x, b, cfg.compress.calibration_batches), splits.spec.task
+    )
+
+
+def _batches(x: np.ndarray, size: int, count: int) -> list[np.ndarray]:
+    return [x[i : i + size] for i in range(0, min(len(x), size * count), size)]
+
+
+def score(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
+    """Accuracy of logits ``(N, K)`` or the MSE of values ``(N, 1)`` against ``y`` ``(N,)``."""
+    if task == "classification":
+        return float((outputs.argmax(axis=1) == y).mean())
+    return float(np.mean((outputs.reshape(-1) - y.reshape(-1)) ** 2))
+
+
+def measure_torch(cfg: Config, name: str, net: nn.Module, probe: Probe) -> Row:
+    outputs = export.run_torch(net, probe.test_x)
+    metric = None if probe.test_y is None else score(outputs, probe.test_y, probe.task)
+    latency = {}
+    for b in (1, 64):
+        p50, p95 = export.torch_latency(net, probe.batch(b), cfg.compress.latency_repeats)
+        latency |= {f"b{b}_p50": p50, f"b{b}_p95": p95}
+    size = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    return Row(name, "pytorch", sum(p.numel() for p in net.parameters()), size, metric, latency)
+
+
+def measure_onnx(cfg: Config, name: str, path: Path, params: int, probe: Probe, parity: float | None) -> Row:
+    session = export.open_session(path, threads=1)
+    outputs = export.run_session(session, probe.test_x)
+    metric = None if probe.test_y is None else score(outputs, probe.test_y, probe.task)
+    latency = {}
+    for b in (1, 64):
+        p50, p95 = export.onnx_latency(session, probe.batch(b), cfg.compress.latency_repeats)
+        latency |= {f"b{b}_p50": p50, f"b{b}_p95": p95}
+    return Row(name, "onnxruntime", params, path.stat().st_size, metric, latency, parity, str(path))
+
+
+# ---------------------------------------------------------------- gates
+
+
+def drop_points(reference: float, value: float, task: str) -> float:
+    """How much worse ``value`` is than ``reference``: accuracy points (× 100), or % more error for regression."""
+    if task == "classification":
+        return (reference - value) * 100.0
+    return (value - reference) / max(abs(reference), 1e-12) * 100.0
+
+
+def metric_gate(name: str, reference: float | None, value: float | None, task: str | None, limit: float) -> Gate:
+    if reference is None or value is None or task is None:
+        return Gate(name, True, "no test metric (skipped)")
+    drop = drop_points(reference, value, task)
+    unit = "points" if task == "classification" else "% mse"
+    if not math.isfinite(drop):
+        return Gate(name, False, "metric is not finite")
+    return Gate(name, drop <= limit, f"drop {drop:+.2f} {unit} (limit {limit:g})")
+
+
+# ---------------------------------------------------------------- report
+
+
+def write_report(out: Path, report: dict[str, Any], rows: list[Row], gates: list[Gate]) -> tuple[Path, Path]:
+    """``compress_report.json`` and ``compress_report.md`` in ``out``, each written atomically."""
+    full = {
+        **report,
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "gates": [dataclasses.asdict(g) for g in gates],
+        "passed": all(g.passed for g in gates),
+    }
+    js = write_json_atomic(out / "compress_report.json", full)
+    md = write_text_atomic(out / "compress_report.md", report_markdown(full))
+    return md, js
+
+
+COLUMNS = ("model", "params", "size", "metric", "b1 p50/p95 ms", "b64 p50/p95 ms", "parity |Δ|")
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    lat = row["latency_ms"]
+    metric = "—" if row["metric"] is None else f"{row['metric']:.4f}"
+    parity = "—" if row["parity_max_abs_diff"] is None else f"{row['parity_max_abs_diff']:.1e}"
+    return [
+        row["model"],
+        f"{row['params']:,}",
+        _size(row["size_bytes"]),
+        metric,
+        f"{lat['b1_p50']:.3f} / {lat['b1_p95']:.3f}",
+        f"{lat['b64_p50']:.3f} / {lat['b64_p95']:.3f}",
+        parity,
+    ]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Compression report",
+        "",
+        f"Teacher: `{report['teacher']['checkpoint']}` ({report['teacher']['family']}); "
+        f"test metric: `{report['metric'] or 'none'}`; latency: one thread.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in report["rows"]]
+    lines += ["", "## Gates", ""]
+    lines += [f"- {'PASS' if g['passed'] else 'FAIL'} — {g['name']}: {g['detail']}" for g in report["gates"]]
+    verdict = "all gates passed" if report["passed"] else "a gate failed: nothing is registered"
+    return "\n".join([*lines, "", f"**{verdict}**", ""])
+
+
+def print_report(result: CompressResult) -> None:
+    """The report as a rich table on the terminal, then the gates."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"compression — {result.metric or 'no test metric'}")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in result.rows:
+        table.add_row(*table_cells(dataclasses.asdict(row)))
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    console.print(table)
+    for g in result.gates:
+        console.print(f"  {'[green]PASS[/]' if g.passed else '[red]FAIL[/]'} {g.name}: {g.detail}")
+
+
+# ---------------------------------------------------------------- tracking
+
+
+@contextlib.contextmanager
+def _tracked(cfg: Config, teacher: Teacher, parent_run_id: str | None) -> Iterator[str | None]:
+    """The compress job's MLflow run when tracking is on (pipelines.tracking), else nothing."""
+    tracking = _tracking(cfg)
+    if tracking is None:
+        yield None
+        return
+    tags = {"teacher_run_id": teacher.run_id or "", "teacher_checkpoint": teacher.checkpoint}
+    with tracking.job_run(cfg, name="compress", kind="compress", parent_run_id=parent_run_id, tags=tags) as run_id:
+        yield run_id
+
+
+def _tracking(cfg: Config) -> Any:
+    if not cfg.tracking.enabled:
+        return None
+    try:
+        from pipelines import tracking
+    except ImportError:  # INTEGRATION POINT: tracking not built yet — compress runs untracked
+        return None
+    return tracking
+
+
+def report_metrics(result: CompressResult) -> dict[str, float]:
+    """Flat MLflow metrics: ``compress/<row>/<what>``, plus 1/0 per gate."""
+    metrics: dict[str, float] = {}
+    for row in result.rows:
+        key = "compress/" + re.sub(r"[^a-z0-9]+", "_", row.model.lower()).strip("_")
+        metrics[f"{key}/size_bytes"] = float(row.size_bytes)
+        metrics[f"{key}/params"] = float(row.params)
+        if row.metric is not None:
+            metrics[f"{key}/{(result.metric or 'metric').split('/')[-1]}"] = row.metric
+        if row.parity_max_abs_diff is not None:
+            metrics[f"{key}/parity_max_abs_diff"] = row.parity_max_abs_diff
+        metrics |= {f"{key}/latency_{k}_ms": v for k, v in row.latency_ms.items()}
+    for gate in result.gates:
+        metrics["compress/gate/" + re.sub(r"[^a-z0-9]+", "_", gate.name.lower()).strip("_")] = float(gate.passed)
+    return metrics
+
+
+def _log(run_id: str | None, result: CompressResult) -> None:
+    if run_id is None:
+        return
+    from pipelines import tracking
+
+    tracking.log_metrics(run_id, report_metrics(result))
+    tracking.log_artifact(run_id, result.report_md, "compress")
+    tracking.log_artifact(run_id, result.report_json, "compress")
+    for path in result.files.values():
+        tracking.log_artifact(run_id, path, "onnx")
+    # INTEGRATION POINT (pipelines.tracking): log the report + .onnx files as artifacts and, when result.passed,
+    # register teacher-int8 / student / student-int8 with aliases int8, student, student-int8 (mlflow.onnx flavor).

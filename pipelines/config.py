@@ -1,0 +1,447 @@
+"""The one config: frozen dataclasses, parsed once at the edge from YAML + dotted ``key=value`` overrides.
+
+Every leaf has a dotted key (``trainer.max_epochs``); the same keys name overrides on the command line, the search
+space of a sweep and the overrides in tests. Validation happens here, before anything runs: unknown keys, wrong types
+and out-of-range values raise :class:`ConfigError` naming the key and what it expects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dl_lightning.errors import InputError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(InputError):
+    """A config file, override or value that cannot be used; the message names the key and the fix."""
+
+
+def _check(*, ge: float | None = None, gt: float | None = None, le: float | None = None) -> dict[str, Any]:
+    return {"ge": ge, "gt": gt, "le": le}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Train-time image augmentation, applied batch-wise (never to val/test)."""
+
+    flip: bool = False
+    rotation: float = field(default=0.0, metadata=_check(ge=0, le=180))  # max degrees either way
+    crop_padding: int = field(default=0, metadata=_check(ge=0))  # pad then random-crop back to size
+    noise: float = field(default=0.0, metadata=_check(ge=0))  # std of additive Gaussian noise
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "builtin:digits"
+    target: str | None = None  # label column of a CSV/Parquet file
+    text_column: str | None = None  # text column of a CSV/Parquet text dataset (inferred when left out)
+    kind: Literal["tabular", "image", "sequence", "text"] | None = None  # inferred when left out
+    task: Literal["classification", "regression"] | None = None  # inferred when left out
+    val_fraction: float = field(default=0.15, metadata=_check(gt=0, le=0.5))
+    test_fraction: float = field(default=0.15, metadata=_check(gt=0, le=0.5))
+    batch_size: int = field(default=64, metadata=_check(ge=1))  # per process; global = batch × devices × nodes
+    num_workers: int = field(default=0, metadata=_check(ge=0))
+    image_size: int = field(default=32, metadata=_check(ge=4))  # image folders are resized to this square
+    max_len: int = field(default=64, metadata=_check(ge=1))  # text: tokens per example after pad/truncate
+    max_vocab: int = field(default=20000, metadata=_check(ge=10))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    hidden: tuple[int, ...] = (256, 128)
+    batch_norm: bool = False
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    channels: tuple[int, ...] = (32, 64)
+    kernel_size: int = field(default=3, metadata=_check(ge=1))
+    batch_norm: bool = True
+    hidden: int = field(default=128, metadata=_check(ge=1))
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    hidden_size: int = field(default=128, metadata=_check(ge=1))
+    num_layers: int = field(default=2, metadata=_check(ge=1))
+    bidirectional: bool = False
+    embed_dim: int = field(default=64, metadata=_check(ge=1))  # token embedding size for text
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    d_model: int = field(default=64, metadata=_check(ge=4))
+    nhead: int = field(default=4, metadata=_check(ge=1))
+    num_layers: int = field(default=2, metadata=_check(ge=1))
+    dim_feedforward: int = field(default=128, metadata=_check(ge=1))
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    latent_dim: int = field(default=64, metadata=_check(ge=1))
+    width: int = field(default=64, metadata=_check(ge=4))  # feature maps of the first G / last D layer
+    sample_every_n_epochs: int = field(default=1, metadata=_check(ge=1))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: Literal["mlp", "cnn", "rnn", "transformer", "gan"] = "cnn"
+    dropout: float = field(default=0.1, metadata=_check(ge=0, le=0.9))
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+    rnn: RNNConfig = field(default_factory=RNNConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+
+    def arch(self) -> dict[str, Any]:
+        """Keyword arguments of the chosen family's architecture (its own section plus dropout)."""
+        section = dataclasses.asdict(getattr(self, self.family))
+        section.pop("sample_every_n_epochs", None)
+        return {**section, "dropout": self.dropout}
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "adamw"
+    lr: float = field(default=1e-3, metadata=_check(gt=0))
+    weight_decay: float = field(default=0.0, metadata=_check(ge=0))  # L2
+    l1: float = field(default=0.0, metadata=_check(ge=0))  # L1; with weight_decay it is elastic net
+    momentum: float = field(default=0.9, metadata=_check(ge=0, le=1))  # sgd and rmsprop
+    nesterov: bool = False
+    scheduler: Literal["none", "step", "exponential", "cosine", "plateau"] = "none"
+    step_size: int = field(default=10, metadata=_check(ge=1))  # epochs, step scheduler
+    gamma: float = field(default=0.5, metadata=_check(gt=0, le=1))  # step/exponential/plateau factor
+    warmup_epochs: int = field(default=0, metadata=_check(ge=0))  # linear warmup before the schedule
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_epochs: int = field(default=10, metadata=_check(ge=1))
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = field(default=1, metadata=_check(ge=1))
+    num_nodes: int = field(default=1, metadata=_check(ge=1))
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    gradient_clip_val: float = field(default=0.0, metadata=_check(ge=0))  # 0 = off
+    accumulate_grad_batches: int = field(default=1, metadata=_check(ge=1))
+    early_stopping_patience: int = field(default=0, metadata=_check(ge=0))  # epochs; 0 = off
+    monitor: str = "auto"  # checkpoint/early-stop metric; auto = val/acc, val/mse or (gan) none
+    limit_train_batches: float = field(default=1.0, metadata=_check(gt=0))  # fraction (≤1) or count (>1)
+    limit_val_batches: float = field(default=1.0, metadata=_check(gt=0))
+    threads: int = field(default=0, metadata=_check(ge=0))  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # default: sqlite:///<project>/mlruns/mlflow.db
+    experiment: str = "dlforge"
+    required: bool = True  # an unreachable server stops the job before training; false: warn, log locally
+    artifact_location: str | None = None  # of a new experiment; default: beside a sqlite file, else the server's
+    system_metrics: bool = False  # sample CPU/memory/GPU into the run (needs psutil)
+    register: bool = False  # register the trained model as <experiment>-<family> with alias 'candidate'
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The distilled student's architecture.
+
+    ``family: same`` shrinks the teacher's own architecture (read from its checkpoint); a named family starts from
+    this config's ``model.<family>`` section. Widths (hidden units, channels, embedding and model sizes) are
+    multiplied by ``width``; ``depth`` > 0 keeps that many layers per stack.
+    """
+
+    family: Literal["same", "mlp", "cnn", "rnn", "transformer"] = "same"
+    width: float = field(default=0.5, metadata=_check(gt=0, le=4))
+    depth: int = field(default=0, metadata=_check(ge=0))  # 0 = the starting architecture's depth
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Distill → export → quantize → measure → gate (``dlforge compress``)."""
+
+    student: StudentConfig = field(default_factory=StudentConfig)
+    epochs: int = field(default=10, metadata=_check(ge=0))  # student budget; 0 = no student, teacher only
+    alpha: float = field(default=0.5, metadata=_check(ge=0, le=1))  # weight of the hard-label loss
+    temperature: float = field(default=4.0, metadata=_check(gt=0))
+    scratch: bool = True  # also train the same student from scratch with the same budget, to show the gain
+    quantization: Literal["auto", "dynamic", "static", "none"] = "auto"  # auto: static for conv, else dynamic
+    per_channel: bool = False  # per-channel int8 weights
+    calibration_batches: int = field(default=8, metadata=_check(ge=1))  # train-split batches for static
+    parity_atol: float = field(default=1e-4, metadata=_check(gt=0))  # max |torch − ORT| of fp32 exports
+    max_int8_drop: float = field(default=1.0, metadata=_check(ge=0))  # points (acc × 100; % of mse)
+    max_student_drop: float = field(default=2.0, metadata=_check(ge=0))
+    latency_repeats: int = field(default=30, metadata=_check(ge=1))
+
+
+# Dotted config key → one distribution: {loguniform|uniform: [low, high]}, {randint: [low, high)} (high excluded,
+# as in Ray), {choice: [values]} or {grid: [values]}. Setting tune.space replaces this default as a whole.
+DEFAULT_SPACE: dict[str, Any] = {
+    "optim.lr": {"loguniform": [1e-4, 1e-2]},
+    "optim.weight_decay": {"loguniform": [1e-6, 1e-2]},
+    "optim.l1": {"choice": [0.0, 1e-6, 1e-5]},  # 0 included: L1 off is a fair candidate
+    "model.dropout": {"uniform": [0.0, 0.5]},
+    "data.batch_size": {"choice": [32, 64, 128]},
+}
+
+
+@dataclass(frozen=True)
+class TrialResourcesConfig:
+    cpu: float = field(default=1.0, metadata=_check(gt=0))  # Ray refuses a trial asking for 0 CPUs
+    gpu: float = field(default=0.0, metadata=_check(ge=0))  # fractions share a GPU between trials
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    enabled: bool = False  # `dlforge run` sweeps first when true; `dlforge tune` always sweeps
+    space: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPACE.items()})
+    num_samples: int = field(default=8, metadata=_check(ge=1))  # trials (search=grid: every combination once)
+    max_concurrent: int = field(default=0, metadata=_check(ge=0))  # 0 = as many as the resources allow
+    metric: str = "auto"  # auto = the checkpoint monitor (trainer.monitor)
+    mode: Literal["auto", "min", "max"] = "auto"
+    search: Literal["random", "grid", "optuna"] = "random"
+    scheduler: Literal["fifo", "asha", "hyperband", "median", "pbt"] = "asha"
+    grace_period: int = field(default=1, metadata=_check(ge=1))  # epochs before asha/median may stop a trial
+    perturbation_interval: int = field(default=2, metadata=_check(ge=1))  # pbt: epochs between exploits
+    time_budget_s: float = field(default=0.0, metadata=_check(ge=0))  # whole sweep; 0 = no limit
+    trial_timeout_s: float = field(default=0.0, metadata=_check(ge=0))  # one trial; 0 = no limit
+    resources_per_trial: TrialResourcesConfig = field(default_factory=TrialResourcesConfig)
+    workers_per_trial: int = field(default=1, metadata=_check(ge=1))  # >1: DDP over Ray Train workers
+    ray_address: str | None = None  # an existing cluster (else RAY_ADDRESS, else a local Ray)
+    max_failures: int = field(default=0, metadata=_check(ge=0))  # retries of a crashed trial
+    storage_path: str | None = None  # Ray results and trial checkpoints; default <output_dir>/tune
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 42
+    output_dir: str = "outputs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key → value for every leaf (how params are logged and spaces are keyed)."""
+        return flatten(self.to_dict())
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """A new config with dotted overrides applied and validated (the one way a config is replaced)."""
+        return build_config(self.to_dict(), overrides)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: dict[str, Any] | None = None
+) -> Config:
+    """Read the optional YAML file, apply a dotted ``preset`` (e.g. ``--quick``), then the ``key=value`` overrides."""
+    raw = _read_yaml(Path(path)) if path else {}
+    return build_config(raw, {**(preset or {}), **dict(parse_override(item) for item in overrides)})
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=3e-4"`` → ``("optim.lr", 0.0003)``; values are read as YAML scalars/lists."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not key=value; write e.g. trainer.max_epochs=5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """Nested mapping + dotted overrides → validated :class:`Config`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config file must hold a mapping of keys at its top level, e.g. 'seed: 1'")
+    merged = _merge(raw, unflatten(overrides or {}))
+    return _build(Config, merged, prefix="")
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted leaf key (a mapping field such as ``tune.space`` is one leaf)."""
+    return _leaf_keys(Config)
+
+
+def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        is_section = dataclasses.is_dataclass(hint)
+        keys.extend(_leaf_keys(hint, f"{prefix}{f.name}.") if is_section else [prefix + f.name])
+    return keys
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"key {dotted!r} sets inside {part!r}, which is a value, not a section")
+        node[leaf] = value
+    return tree
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file or only key=value")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}; fix its syntax") from None
+    return raw or {}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            _unknown_key(prefix + str(key))
+    values = {}
+    for name, spec in names.items():
+        if name not in raw:
+            continue
+        key, hint, value = prefix + name, hints[name], raw[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} is a section; set its keys, e.g. {key}.{_first_field(hint)}=...")
+            values[name] = _build(hint, value, key + ".")
+        else:
+            values[name] = _coerce(key, hint, value)
+            _check_range(key, values[name], spec.metadata)
+    return cls(**values)
+
+
+def _unknown_key(key: str) -> None:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see `dlforge show` for the valid keys"
+    raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _first_field(cls: type) -> str:
+    return dataclasses.fields(cls)[0].name
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation; ints widen to floats, lists become tuples; nothing else is guessed."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value  # checked by the code that owns its meaning (e.g. tune.space by tune.space)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key} must be a mapping of names to values, e.g. {key}={{name: value}}; got {value!r}")
+        return {k: _coerce(f"{key}.{k}", args[1], v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, inner, value)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(map(str, args))
+            raise ConfigError(f"{key} must be one of {choices}; got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not value:
+            raise ConfigError(f"{key} must be a non-empty list, e.g. {key}=[64,32]; got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(value))
+    return _coerce_scalar(key, hint, value)
+
+
+def _coerce_scalar(key: str, hint: type, value: Any) -> Any:
+    if hint is float and isinstance(value, str):
+        value = _yaml11_float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number; got {value!r}")
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    expected = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}[hint]
+    raise ConfigError(f"{key} must be {expected}; got {value!r}")
+
+
+def _yaml11_float(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _check_range(key: str, value: Any, meta: Any) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    for item in items:
+        if not isinstance(item, int | float) or isinstance(item, bool):
+            continue
+        if meta.get("ge") is not None and item < meta["ge"]:
+            raise ConfigError(f"{key} must be ≥ {meta['ge']}; got {item}")
+        if meta.get("gt") is not None and item <= meta["gt"]:
+            raise ConfigError(f"{key} must be > {meta['gt']}; got {item}")
+        if meta.get("le") is not None and item > meta["le"]:
+            raise ConfigError(f"{key} must be ≤ {meta['le']}; got {item}")
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value

@@ -1,0 +1,421 @@
+"""ONNX export, checks, parity and INT8 quantization: fp32 first, then quantize the ONNX graph (never torch.ao).
+
+The exporter is torch's default ``torch.export`` (dynamo) path; ONNX Runtime's ``quant_pre_process`` runs on its graph
+before quantization, which is what makes LSTM and Transformer graphs quantizable (see DESIGN.md). The deprecated
+TorchScript exporter is not used.
+
+Every file written here is one self-contained ``.onnx`` (no external data) that passed
+``onnx.checker.check_model(full_check=True)``. Files read here are first checked for external data pointing outside
+their folder, before any loader follows those paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import _get_all_tensors
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from dl_lightning.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported inside the functions that run it: predict uses this module without torch
+    import torch
+    from torch import nn
+
+OPSET = 18  # the dynamo exporter's native opset; ≥ 17 as the issue asks
+META_PREFIX = "dlforge."
+INPUT_NAME = "input"
+Recipe = Literal["dynamic", "static", "none"]
+CONV_OPS = {"Conv", "ConvTranspose"}
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    max_abs_diff: float
+    tolerance: float  # the bound max_abs_diff was held to (absolute, scaled up for outputs larger than 1)
+    batches: int
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_onnx(
+    net: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    *,
+    metadata: dict[str, Any],
+    output_name: str = "output",
+    sequence_axis: bool = False,
+) -> Path:
+    """Export ``net`` (eval mode) to one ONNX file with a dynamic batch axis and ``metadata`` in metadata_props.
+
+    With ``sequence_axis`` axis 1 is dynamic too, when the net runs at another length (a fixed position table does
+    not): the axes actually made dynamic are recorded in the ``dlforge.dynamic_axes`` metadata entry.
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = net.eval()
+    axes = {0: "batch"}
+    if sequence_axis and _runs_at_other_length(net, example):
+        axes[1] = "sequence"
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            net,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[output_name],
+            dynamic_shapes=(axes,),
+            opset_version=OPSET,
+            verbose=False,
+        )
+        program.save(str(path), external_data=False)
+    model = onnx.load(str(path))
+    set_metadata(model, {**metadata, "dynamic_axes": sorted(axes.values())})
+    _save_single_file(model, path)
+    check_onnx(path)
+    return path
+
+
+def _runs_at_other_length(net: nn.Module, example: torch.Tensor) -> bool:
+    """A cheap probe in PyTorch: does the net accept a sequence one step shorter?"""
+    import torch
+
+    if example.dim() < 2 or example.shape[1] < 2:
+        return False
+    try:
+        with torch.no_grad():
+            net(example[:, :-1])
+    except (RuntimeError, IndexError, ValueError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter prints progress lines and warns about optional packages; keep the terminal for dlforge."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _save_single_file(model: onnx.ModelProto, path: Path) -> None:
+    """Atomic replace; refuses models that would need external data (≥ 2 GB)."""
+    if model.ByteSize() >= 2**31 - 1:
+        raise InputError(f"{path.name} would exceed 2 GB; dlforge ships single-file ONNX only")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save_model(model, tmp, save_as_external_data=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def dlforge_version() -> str:
+    try:
+        return importlib_metadata.version("dlforge")
+    except importlib_metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def model_metadata(spec: dict[str, Any], *, family: str, role: str, source_run_id: str | None) -> dict[str, Any]:
+    """What a consumer needs to use the file without dlforge's Python objects (values JSON-encoded on write)."""
+    return {
+        "family": family,
+        "role": role,  # teacher | student | generator
+        "kind": spec["kind"],
+        "task": spec["task"],
+        "input_shape": list(spec["input_shape"]),
+        "num_outputs": spec["num_outputs"],
+        "class_names": list(spec.get("class_names") or ()),
+        "mean": list(spec.get("mean") or ()),
+        "std": list(spec.get("std") or ()),
+        "vocab": list(spec.get("vocab") or ()),
+        "normalization": "inside the graph: inputs are raw, (x - mean) / std is applied by the model",
+        "source_run_id": source_run_id or "",
+        "dlforge_version": dlforge_version(),
+    }
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, Any]) -> None:
+    """Write ``values`` as ``dlforge.<key>`` metadata_props (JSON strings), replacing earlier ones."""
+    kept = [p for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=META_PREFIX + key, value=json.dumps(value))
+
+
+def read_metadata(source: str | Path | onnx.ModelProto | ort.InferenceSession) -> dict[str, Any]:
+    """The ``dlforge.*`` metadata of a file, model or session, decoded back to Python values."""
+    if isinstance(source, ort.InferenceSession):
+        props = source.get_modelmeta().custom_metadata_map
+    else:
+        model = source if isinstance(source, onnx.ModelProto) else load_onnx(source, with_weights=False)
+        props = {p.key: p.value for p in model.metadata_props}
+    return {k.removeprefix(META_PREFIX): json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
+
+
+# ---------------------------------------------------------------- loading and checks
+
+
+def refuse_escaping_external_data(path: str | Path) -> onnx.ModelProto:
+    """Load ``path`` without external data and refuse tensors whose data lies outside the file's folder.
+
+    A crafted ``location`` (``../../etc/passwd``, an absolute path, a symlink out) would otherwise make the loader
+    read any file the process can. Returns the model without its external tensors loaded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX file {str(path)!r} not found; pass an existing .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise InputError(f"{path.name} is not a valid ONNX file ({type(exc).__name__}); re-export it") from None
+    folder = path.parent.resolve()
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise InputError(
+                f"{path.name}: tensor {tensor.name!r} has external data at {location!r}, outside its folder; refused"
+            )
+    return model
+
+
+def load_onnx(path: str | Path, *, with_weights: bool = True) -> onnx.ModelProto:
+    """Load after the external-data check; ``with_weights=False`` skips reading external tensors."""
+    model = refuse_escaping_external_data(path)
+    if with_weights:
+        onnx.external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
+    return model
+
+
+def check_onnx(path: str | Path) -> onnx.ModelProto:
+    """External-data check, then the full ONNX checker (with shape inference); InputError when either fails."""
+    model = load_onnx(path)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{Path(path).name} fails the ONNX checker: {first}") from None
+    return model
+
+
+def open_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session on a checked file; ``threads`` intra-op threads (0 = ORT's default)."""
+    refuse_escaping_external_data(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        raise InputError(f"ONNX Runtime cannot load {Path(path).name}: {str(exc).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------- running and parity
+
+
+def run_session(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Outputs of the first graph output for all rows of ``x``, in batches."""
+    name = session.get_inputs()[0].name
+    parts = [session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts, axis=0)
+
+
+def run_torch(net: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    import torch
+
+    net.eval()
+    with torch.inference_mode():
+        parts = [net(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts, axis=0)
+
+
+def check_parity(
+    net: nn.Module,
+    session: ort.InferenceSession,
+    batches: Iterable[np.ndarray],
+    atol: float = 1e-4,
+    *,
+    relative: bool = False,
+) -> ParityResult:
+    """max |torch − ORT| over ``batches``, held to ``atol`` (logits, images: outputs of order 1).
+
+    With ``relative`` (regression heads, whose outputs are in the target's units) the bound is ``atol`` times the
+    largest output magnitude when that exceeds 1: float32 keeps ~7 significant digits, so a value in the hundreds
+    cannot agree to an absolute 1e-4.
+    """
+    worst, scale, count = 0.0, 1.0, 0
+    for x in batches:
+        ref = run_torch(net, x, batch_size=len(x))
+        got = run_session(session, x, batch_size=len(x))
+        if ref.shape != got.shape or not np.isfinite(got).all():  # a failed parity, reported as such
+            return ParityResult(max_abs_diff=math.inf, tolerance=atol, batches=count + 1)
+        worst = max(worst, float(np.abs(ref - got).max(initial=0.0)))
+        if relative:
+            scale = max(scale, float(np.abs(ref).max(initial=0.0)))
+        count += 1
+    if not count:
+        raise ValueError("parity needs at least one batch")
+    return ParityResult(max_abs_diff=worst, tolerance=atol * scale, batches=count)
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def graph_has_conv(model: onnx.ModelProto) -> bool:
+    return any(node.op_type in CONV_OPS for node in _all_nodes(model.graph))
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+
+
+def choose_recipe(model: onnx.ModelProto, requested: str) -> Recipe:
+    """``auto``: static QDQ when the graph convolves, dynamic otherwise (DESIGN.md's measured recipe).
+
+    Dynamic quantization turns convolutions into ConvInteger, which made a conv net 2.6× slower than fp32 here;
+    static QDQ with calibration made it 3.9× faster. Linear, recurrent and attention layers gain most from dynamic.
+    """
+    if requested == "auto":
+        return "static" if graph_has_conv(model) else "dynamic"
+    if requested not in ("dynamic", "static", "none"):
+        raise InputError(f"compress.quantization must be auto, dynamic, static or none; got {requested!r}")
+    return requested  # type: ignore[return-value]
+
+
+class _Calibration(CalibrationDataReader):
+    def __init__(self, batches: Sequence[np.ndarray]) -> None:
+        self._batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize_onnx(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    recipe: Recipe,
+    per_channel: bool = False,
+    calibration: Sequence[np.ndarray] = (),
+) -> Path:
+    """INT8 copy of ``src`` at ``dst``: ``dynamic`` (weights int8, activations at run time) or ``static`` QDQ.
+
+    ``static`` needs ``calibration`` batches (from the train split). Metadata is carried over; the result is checked
+    like every export.
+    """
+    src, dst = Path(src), Path(dst)
+    if recipe == "static" and not calibration:
+        raise ValueError("static quantization needs calibration batches")
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # shape inference + constant folding that the quantizer relies on (the dynamo graphs need it)
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        quantized = Path(tmp) / "int8.onnx"
+        if recipe == "dynamic":
+            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8, per_channel=per_channel)
+        else:
+            quantize_static(
+                str(prepared),
+                str(quantized),
+                _Calibration(calibration),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,  # u8 activations × s8 weights: the fast x86 kernel pair
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+        model = onnx.load(str(quantized))
+    set_metadata(model, {**read_metadata(src), "quantization": recipe, "per_channel": per_channel})
+    _save_single_file(model, dst)
+    check_onnx(dst)
+    return dst
+
+
+# ---------------------------------------------------------------- latency
+
+
+def latency_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """(p50, p95) wall time of ``fn()`` in milliseconds over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
+def onnx_latency(session: ort.InferenceSession, x: np.ndarray, repeats: int) -> tuple[float, float]:
+    feed = {session.get_inputs()[0].name: x}
+    return latency_ms(lambda: session.run(None, feed), repeats)
+
+
+def torch_latency(net: nn.Module, x: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Eager PyTorch on one thread (the thread count is restored afterwards)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tensor = torch.from_numpy(x)
+        net.eval()
+        with torch.inference_mode():
+            return latency_ms(lambda: net(tensor), repeats)
+    finally:
+        torch.set_num_threads(previous)

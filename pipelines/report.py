@@ -1,0 +1,143 @@
+"""The pipeline's report: ``report.md`` (images beside it) and a self-contained ``report.html`` (images inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from pipelines.compress import COLUMNS, table_cells
+from pipelines.config import Config
+from pipelines.outputs import write_text_atomic
+
+Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (header, rows)) | ("img", path)
+
+
+def write_reports(cfg: Config, stages: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Both reports from the same blocks, written atomically into ``out``."""
+    blocks = report_blocks(cfg, stages)
+    md = write_text_atomic(out / "report.md", to_markdown(blocks, out))
+    page = write_text_atomic(out / "report.html", to_html(blocks, title=f"dlforge — {cfg.model.family}"))
+    return md, page
+
+
+def report_blocks(cfg: Config, stages: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [("h1", f"dlforge pipeline — {cfg.model.family} on {cfg.data.source}")]
+    if "sweep" in stages:
+        blocks += _sweep_blocks(stages["sweep"])
+    blocks += _train_blocks(stages["train"])
+    blocks += _compress_blocks(stages["compress"])
+    blocks += _registry_blocks(stages.get("promote"))
+    return blocks
+
+
+def _sweep_blocks(sweep: dict[str, Any]) -> list[Block]:
+    keys = sorted({k for t in sweep["trials"] for k in t.get("params", {})})
+    header = ["trial", "status", sweep["metric"], *keys]
+    rows = [
+        [t["trial_id"], t["status"], _num(t.get("metric")), *(_num(t.get("params", {}).get(k)) for k in keys)]
+        for t in sweep["trials"]
+    ]
+    best = f"Best {sweep['metric']} = {_num(sweep['best_metric'])} with {sweep['best_overrides']}."
+    blocks: list[Block] = [("h2", "Sweep"), ("p", best), ("table", (header, rows))]
+    return blocks + ([("img", sweep["plot"])] if sweep.get("plot") else [])
+
+
+def _train_blocks(train: dict[str, Any]) -> list[Block]:
+    rows = [[name, _num(value)] for name, value in sorted(train["metrics"].items())]
+    blocks: list[Block] = [("h2", "Final training"), ("table", (["metric", "value"], rows))]
+    out = Path(train["config"]["output_dir"])
+    images = sorted((out / "review").glob("*.png")) + sorted((out / "samples").glob("*.png"))[-1:]
+    return blocks + [("img", str(p)) for p in images]
+
+
+def _compress_blocks(compress: dict[str, Any]) -> list[Block]:
+    rows = [table_cells(r) for r in compress["rows"]]
+    gates = [["PASS" if g["passed"] else "FAIL", g["name"], g["detail"]] for g in compress["gates"]]
+    return [
+        ("h2", "Compression (latency: one thread)"),
+        ("table", (list(COLUMNS), rows)),
+        ("h2", "Gates"),
+        ("table", (["result", "gate", "detail"], gates)),
+    ]
+
+
+def _registry_blocks(promote: dict[str, Any] | None) -> list[Block]:
+    if not promote:
+        return [("h2", "Registry"), ("p", "Tracking is off: nothing was registered.")]
+    header = ["version", "aliases", "gates", "metric", "run"]
+    rows = [
+        [v["version"], ", ".join(v["aliases"]), v["gates"], _num(v["metric"]), v["run_id"]] for v in promote["versions"]
+    ]
+    champion = promote.get("champion")
+    lead = f"Champion: {promote['name']} version {champion}." if champion else "No version has passed its gates yet."
+    return [("h2", "Registry"), ("p", lead), ("table", (header, rows))]
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def to_markdown(blocks: list[Block], out: Path) -> str:
+    lines: list[str] = []
+    for kind, value in blocks:
+        if kind in ("h1", "h2"):
+            lines += [f"{'#' * int(kind[1])} {value}", ""]
+        elif kind == "p":
+            lines += [str(value), ""]
+        elif kind == "table":
+            header, rows = value
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+        elif kind == "img":
+            lines += [f"![{Path(value).stem}]({_relative(Path(value), out)})", ""]
+    return "\n".join(lines)
+
+
+def to_html(blocks: list[Block], *, title: str) -> str:
+    body = []
+    for kind, value in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(str(value))}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(str(value))}</p>")
+        elif kind == "table":
+            body.append(_html_table(*value))
+        elif kind == "img" and Path(value).is_file():
+            data = base64.b64encode(Path(value).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(Path(value).stem)}" src="data:image/png;base64,{data}">')
+    return _PAGE.format(title=html.escape(title), body="\n".join(body))
+
+
+def _html_table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _relative(path: Path, out: Path) -> str:
+    try:
+        return str(path.relative_to(out))
+    except ValueError:
+        return str(path)
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+img {{ max-width: 100%; margin: 0.5em 0; border: 1px solid #eee; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""

@@ -1,0 +1,490 @@
+"""The sweep stage: check the space, run the trials with Ray Tune, hand back the best config.
+
+``sweep(cfg)`` opens a parent MLflow run; every trial is one nested child run that calls the same ``train()`` as
+``dlforge train`` — one training loop — with the trial's overrides. A trial keeps its child run through retries,
+PBT restarts and ``--resume`` (the run id lives in the trial's own folder), so no run is ever duplicated.
+
+Files in ``output_dir``: ``best_config.yaml`` (what ``dlforge train`` takes unchanged; it trains into ``final/``),
+``sweep_results.csv``, ``sweep_trials.png``, ``trials/<id>/`` (each trial's checkpoints and run id) and
+``tune/<name>/`` (Ray's experiment, which ``--resume`` takes). The files are also logged to the parent run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from dl_lightning.errors import InputError
+from pipelines import tracking
+from pipelines.config import Config, ConfigError, all_keys, build_config, dump_yaml
+from pipelines.outputs import write_json_atomic, write_text_atomic
+from pipelines.train import load_data, resolve_monitor, train
+from tune.space import Dimension, check_search, parse_space
+
+STATE_FILE = "dlforge_sweep.json"  # in the Ray experiment folder: the config and parent run of the sweep
+UNSWEEPABLE = ("tune.", "tracking.", "output_dir", "trainer.devices", "trainer.num_nodes", "trainer.strategy")
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep checked before Ray starts: its space, and the metric training is known to log."""
+
+    space: dict[str, Dimension]
+    metric: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What the sweep hands forward: the best config (a path and its overrides) and where everything is."""
+
+    output_dir: str
+    best_config: str | None
+    best_overrides: dict[str, Any]
+    best_metric: float | None
+    best_trial: str | None
+    metric: str
+    mode: str
+    trials: list[dict[str, Any]]
+    results_csv: str
+    plot: str | None
+    experiment_path: str
+    run_id: str | None
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stopped_early(self) -> list[str]:
+        return [t["trial_id"] for t in self.trials if t["status"] == "stopped"]
+
+    @property
+    def errored(self) -> list[str]:
+        return [t["trial_id"] for t in self.trials if t["status"] == "error"]
+
+
+# ---------------------------------------------------------------- checks before Ray
+
+
+def plan_sweep(cfg: Config) -> SweepPlan:
+    """Check the space, the search/scheduler combination and the metric; no Ray, no tracking, nothing written.
+
+    Raises:
+        InputError: one line naming the bad key, distribution, value or metric.
+    """
+    valid = [k for k in all_keys() if not k.startswith(UNSWEEPABLE)]
+    space = parse_space(cfg.tune.space, valid)
+    check_search(space, cfg.tune.search, cfg.tune.scheduler)
+    _check_values(cfg, space)
+    if cfg.tune.scheduler == "pbt" and cfg.tune.workers_per_trial > 1:
+        raise InputError("tune.scheduler=pbt needs tune.workers_per_trial=1 (multi-worker trials do not checkpoint)")
+    metric, mode = _metric_and_mode(cfg)
+    return SweepPlan(space, metric, mode)
+
+
+def _check_values(cfg: Config, space: dict[str, Dimension]) -> None:
+    """Every bound and candidate must be a value the config accepts (type and range) for its key."""
+    for key, dim in space.items():
+        for value in dim.candidates():
+            try:
+                cfg.with_overrides({key: list(value) if isinstance(value, tuple) else value})
+            except ConfigError as exc:
+                raise InputError(
+                    f"tune.space.{key}: {dim.describe()} allows a value the config refuses: {exc}"
+                ) from None
+
+
+def _metric_and_mode(cfg: Config) -> tuple[str, str]:
+    """``tune.metric`` (auto: the checkpoint monitor), checked against what one real training step logs."""
+    task = load_data(cfg).spec.task
+    monitor, monitor_mode = resolve_monitor(cfg, task)
+    metric = monitor if cfg.tune.metric == "auto" else cfg.tune.metric
+    if metric is None:
+        raise InputError(f"model.family={cfg.model.family} has no default metric; set tune.metric, e.g. val/g_loss")
+    logged = {monitor} if metric == monitor else logged_metrics(cfg)  # the monitor is logged by every family
+    if metric not in logged:
+        raise InputError(f"tune.metric={metric} is never logged by training; choose one of {', '.join(sorted(logged))}")
+    if cfg.tune.mode != "auto":
+        return metric, cfg.tune.mode
+    if metric == monitor:
+        return metric, monitor_mode
+    return metric, "min" if metric.endswith(("loss", "mse", "mae", "log_loss")) else "max"
+
+
+def logged_metrics(cfg: Config) -> set[str]:
+    """Names of the ``train/…`` and ``val/…`` values training logs, from a two-batch probe fit (about a second)."""
+    names: set[str] = set()
+
+    class Collect(Callback):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            names.update(k for k in trainer.callback_metrics if k.startswith(("train/", "val/")))
+
+    with tempfile.TemporaryDirectory(prefix="dlforge-probe-") as tmp:
+        probe = cfg.with_overrides({**_single_process(), **_PROBE, "output_dir": tmp})
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(probe, callbacks=[Collect()], test=False)
+    return names
+
+
+_PROBE = {  # 2 batches each: a limit of 1 means "all of them" (a fraction), above 1 a count
+    "trainer.max_epochs": 1,
+    "trainer.limit_train_batches": 2,
+    "trainer.limit_val_batches": 2,
+    "trainer.early_stopping_patience": 0,
+    "tracking.enabled": False,
+}
+
+
+def _single_process() -> dict[str, Any]:
+    return {"trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def sweep(cfg: Config, *, resume: str | None = None, parent_run_id: str | None = None) -> SweepResult:
+    """Run the sweep of ``cfg.tune`` (or continue the one in ``resume``) and write its outputs.
+
+    Args:
+        resume: the ``experiment_path`` of an interrupted sweep (``cfg`` must be its ``load_sweep_config``): its
+            parent run continues, finished trials are kept, unfinished ones go on from their last checkpoint.
+        parent_run_id: nest the sweep's run under this one (the pipeline's).
+    """
+    from tune.sweep import run_sweep  # imports Ray: only once the input is known to be good
+
+    started = time.perf_counter()
+    saved = _load_state(resume) if resume else None
+    plan = plan_sweep(cfg)
+    settings = sweep_settings(cfg, plan, experiment=Path(resume).name if resume else None)
+    run_id = saved["run_id"] if saved else None
+    with tracking.job_run(cfg, kind="sweep", name=_run_name(cfg), parent_run_id=parent_run_id, run_id=run_id) as run_id:
+        experiment = Path(settings.storage_path) / settings.name
+        _save_state(experiment, cfg, run_id)
+        tracking.log_artifact(run_id, experiment / STATE_FILE)
+        trial_fn = TrialFn(cfg, plan.metric, run_id, settings.storage_path)
+        outcome = run_sweep(trial_fn, plan.space, settings, resume=str(experiment) if resume else None)
+        result = _write_outputs(cfg, plan, outcome, run_id, started)
+        _log_to_parent(result, outcome, run_id)
+    return result
+
+
+def sweep_settings(cfg: Config, plan: SweepPlan, *, experiment: str | None = None) -> Any:
+    from tune.sweep import SweepSettings
+
+    t = cfg.tune
+    output = Path(cfg.output_dir).absolute()
+    return SweepSettings(
+        metric=plan.metric,
+        mode=plan.mode,
+        storage_path=str(Path(t.storage_path).absolute() if t.storage_path else output / "tune"),
+        trials_dir=str(output / "trials"),
+        max_epochs=cfg.trainer.max_epochs,
+        num_samples=t.num_samples,
+        search=t.search,
+        scheduler=t.scheduler,
+        max_concurrent=t.max_concurrent,
+        time_budget_s=t.time_budget_s,
+        trial_timeout_s=t.trial_timeout_s,
+        grace_period=t.grace_period,
+        perturbation_interval=t.perturbation_interval,
+        cpu=t.resources_per_trial.cpu,
+        gpu=t.resources_per_trial.gpu,
+        workers_per_trial=t.workers_per_trial,
+        max_failures=t.max_failures,
+        ray_address=t.ray_address,
+        name=experiment or time.strftime("sweep-%Y%m%d-%H%M%S"),
+        seed=cfg.seed,
+    )
+
+
+def _run_name(cfg: Config) -> str:
+    t = cfg.tune
+    return (
+        f"sweep {cfg.model.family}-{tracking.dataset_name(cfg.data.source)} {t.search}+{t.scheduler} n={t.num_samples}"
+    )
+
+
+# ---------------------------------------------------------------- one trial (runs in a Ray worker process)
+
+
+@dataclass(frozen=True)
+class TrialFn:
+    """The function every trial runs: one nested MLflow run around one ``train()``; picklable for Ray."""
+
+    cfg: Config
+    metric: str
+    parent_run_id: str | None
+    storage_path: str
+
+    def __call__(self, params: dict[str, Any], ctx: Any) -> None:
+        cfg = trial_config(self.cfg, params, ctx.trial_dir)
+        earlier = ctx.load_state().get("run_id")
+        tags = {"ray.trial_id": ctx.trial_id}
+        with tracking.job_run(
+            cfg, kind="trial", name=f"trial {ctx.trial_id}", parent_run_id=self.parent_run_id, run_id=earlier, tags=tags
+        ) as run_id:
+            if run_id and run_id != earlier:
+                ctx.save_state(run_id=run_id)
+            payload = {"cfg": cfg, "run_id": run_id, "metric": self.metric, "resume": ctx.checkpoint}
+            if ctx.workers == 1:
+                fit_trial(payload)
+                return
+            from tune.ray_train import run_with_workers
+
+            r = cfg.tune.resources_per_trial
+            run_with_workers(
+                fit_trial_on_worker,
+                payload,
+                num_workers=ctx.workers,
+                cpu=r.cpu,
+                gpu=r.gpu,
+                storage_path=str(Path(ctx.trial_dir) / "ray_train"),
+                name=f"trial_{ctx.trial_id}",
+            )
+
+
+def trial_config(cfg: Config, params: dict[str, Any], trial_dir: str) -> Config:
+    """The sweep's config with the trial's values, its own output folder, one process and its CPU share."""
+    r, workers = cfg.tune.resources_per_trial, cfg.tune.workers_per_trial
+    threads = cfg.trainer.threads or max(1, math.floor(r.cpu / workers))  # 2 trials × 2 threads on 2 cores thrash
+    fixed = {**_single_process(), "output_dir": str(Path(trial_dir) / "train"), "trainer.threads": threads}
+    if r.gpu == 0:
+        fixed["trainer.accelerator"] = "cpu"
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    return cfg.with_overrides({**values, **fixed, "tune.enabled": False})
+
+
+def fit_trial(payload: dict[str, Any]) -> None:
+    """Train one trial in this process, reporting every epoch to Tune; a Tune stop arrives as SystemExit(0)."""
+    from tune.callbacks import trial_callbacks
+
+    cfg, run_id = payload["cfg"], payload["run_id"]
+    callbacks = [
+        *tracking.lightning_callbacks(cfg, run_id),
+        *trial_callbacks(payload["metric"], _optim(cfg), cfg.model.dropout, extra={"run_id": run_id or ""}),
+    ]
+    train(cfg, resume=payload["resume"], callbacks=callbacks, run_id=run_id, test=False)
+
+
+def fit_trial_on_worker(payload: dict[str, Any]) -> None:
+    """One Ray Train worker of a multi-worker trial: join the DDP group and train (rank 0 owns the MLflow run)."""
+    from tune.callbacks import trial_callbacks
+    from tune.ray_train import ddp_overrides, world_rank
+
+    base = payload["cfg"]
+    cfg = base.with_overrides(ddp_overrides(base.tune.resources_per_trial.gpu > 0))
+    run_id = payload["run_id"] if world_rank() == 0 else None
+    if run_id:
+        tracking.connect(cfg)  # a fresh process: point MLflow at the sweep's store before rank 0 logs
+    callbacks = [
+        *tracking.lightning_callbacks(cfg, run_id),
+        *trial_callbacks(payload["metric"], _optim(cfg), cfg.model.dropout, checkpoint=False),
+    ]
+    train(cfg, callbacks=callbacks, run_id=run_id, test=False)
+
+
+def _optim(cfg: Config) -> dict[str, Any]:
+    return {k: getattr(cfg.optim, k) for k in ("lr", "weight_decay", "l1", "momentum")}
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _write_outputs(cfg: Config, plan: SweepPlan, outcome: Any, run_id: str | None, started: float) -> SweepResult:
+    output = Path(cfg.output_dir).absolute()
+    trials = [_trial_row(record) for record in outcome.trials]
+    best = outcome.best
+    best_config = None
+    overrides: dict[str, Any] = {}
+    if best is not None:
+        overrides = {k: best.params[k] for k in plan.space if k in best.params}
+        # its own output folder, so training it never overwrites the sweep's summary and files
+        final = cfg.with_overrides({**_plain(overrides), "tune.enabled": False, "output_dir": str(output / "final")})
+        best_config = str(write_text_atomic(output / "best_config.yaml", _best_yaml(final, best, plan)))
+    results_csv = write_results_csv(output / "sweep_results.csv", trials, plan)
+    plot = plot_trials(outcome.trials, plan, output / "sweep_trials.png", best.trial_id if best else None)
+    return SweepResult(
+        output_dir=str(output),
+        best_config=best_config,
+        best_overrides=overrides,
+        best_metric=best.best if best else None,
+        best_trial=best.trial_id if best else None,
+        metric=plan.metric,
+        mode=plan.mode,
+        trials=trials,
+        results_csv=str(results_csv),
+        plot=str(plot) if plot else None,
+        experiment_path=outcome.experiment_path,
+        run_id=run_id,
+        timing=_timing(outcome, started),
+    )
+
+
+def _trial_row(record: Any) -> dict[str, Any]:
+    return {
+        "trial_id": record.trial_id,
+        "status": record.status,
+        "epochs": record.epochs,
+        "best": record.best,
+        "last": record.last,
+        "time_s": round(record.time_s, 3),
+        "run_id": record.state.get("run_id"),
+        "params": {k: _plain_value(v) for k, v in record.params.items()},
+        "error": record.error,
+    }
+
+
+def _timing(outcome: Any, started: float) -> dict[str, float]:
+    """Where the time went; overhead = wall / (sum of trial times / concurrency), 1.0 is perfect."""
+    wall = time.perf_counter() - started
+    trial_sum = sum(t.time_s for t in outcome.trials)
+    ideal = trial_sum / max(1, outcome.concurrency)
+    return {
+        "ray_start_s": round(outcome.ray_start_s, 3),
+        "tune_wall_s": round(outcome.tune_wall_s, 3),
+        "trial_time_sum_s": round(trial_sum, 3),
+        "concurrency": outcome.concurrency,
+        "overhead_ratio": round(outcome.tune_wall_s / ideal, 3) if ideal else 0.0,
+        "stage_wall_s": round(wall, 3),
+    }
+
+
+def _best_yaml(cfg: Config, best: Any, plan: SweepPlan) -> str:
+    value = f"{best.best:.6g}" if best.best is not None else "n/a"
+    header = f"# Best of a dlforge sweep: trial {best.trial_id}, {plan.metric} = {value} ({plan.mode}).\n"
+    return header + "# Train it with: dlforge train <this file>\n" + dump_yaml(cfg)
+
+
+def write_results_csv(path: Path, trials: list[dict[str, Any]], plan: SweepPlan) -> Path:
+    """One row per trial: id, status, epochs, best/last metric, time, MLflow run, and each searched value."""
+    keys = list(plan.space)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["trial_id", "status", "epochs", f"best {plan.metric}", f"last {plan.metric}", "time_s", "run_id"] + keys
+    )
+    for t in trials:
+        writer.writerow(
+            [t["trial_id"], t["status"], t["epochs"], t["best"], t["last"], t["time_s"], t["run_id"]]
+            + [t["params"].get(k) for k in keys]
+        )
+    return write_text_atomic(path, out.getvalue())
+
+
+def plot_trials(records: list[Any], plan: SweepPlan, path: Path, best_id: str | None) -> Path | None:
+    """The metric per epoch of every trial; stopped trials dashed, the best one thick."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves = [(r, [row.get(plan.metric) for row in r.history]) for r in records if r.history]
+    if not curves:
+        return None
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for record, values in curves:
+        epochs = range(1, len(values) + 1)
+        style = "--" if record.status == "stopped" else "-"
+        width = 2.6 if record.trial_id == best_id else 1.0
+        ax.plot(
+            epochs,
+            values,
+            style,
+            linewidth=width,
+            marker="o",
+            markersize=3,
+            label=f"{record.trial_id} ({record.status})",
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(plan.metric)
+    ax.set_title(f"sweep trials — {plan.metric} ({plan.mode}); dashed: stopped early")
+    ax.grid(alpha=0.3)
+    if len(curves) <= 16:
+        ax.legend(fontsize="x-small", ncols=2)
+    FigureCanvasAgg(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _log_to_parent(result: SweepResult, outcome: Any, run_id: str | None) -> None:
+    if run_id is None:
+        return
+    for row in result.trials:
+        tracking.set_tags(row["run_id"], {"dlforge.trial_status": row["status"], "dlforge.trial_epochs": row["epochs"]})
+    metrics = {"sweep/trials": len(result.trials), "sweep/stopped_early": len(result.stopped_early)}
+    metrics |= {f"sweep/{k}": v for k, v in result.timing.items()}
+    if result.best_metric is not None:
+        metrics[f"best/{result.metric}"] = result.best_metric
+    tracking.log_metrics(run_id, metrics)
+    tracking.set_tags(
+        run_id, {"dlforge.best_trial": result.best_trial or "", "dlforge.experiment_path": result.experiment_path}
+    )
+    for path in (result.results_csv, result.plot, result.best_config):
+        if path:
+            tracking.log_artifact(run_id, path, "sweep")
+
+
+def format_table(result: SweepResult, limit: int = 20) -> str:
+    """The trials, best first, as a plain-text table for the terminal."""
+    keys = list(result.trials[0]["params"]) if result.trials else []
+    sign = -1 if result.mode == "max" else 1
+    rows = sorted(result.trials, key=lambda t: (t["best"] is None, sign * (t["best"] or 0)))
+    header = ["trial", "status", "epochs", result.metric, *[k.split(".")[-1] for k in keys]]
+    body = [
+        [t["trial_id"], t["status"], str(t["epochs"]), _fmt(t["best"]), *[_fmt(t["params"].get(k)) for k in keys]]
+        for t in rows[:limit]
+    ]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in [header, *body]]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more in {result.results_csv}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _plain_value(v) for k, v in values.items()}
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain_value(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars from the samplers
+        return value.item()
+    return value
+
+
+# ---------------------------------------------------------------- resume state
+
+
+def _save_state(experiment: Path, cfg: Config, run_id: str | None) -> None:
+    path = experiment / STATE_FILE
+    if not path.is_file():
+        write_json_atomic(path, {"config": cfg.to_dict(), "run_id": run_id})
+
+
+def load_sweep_config(resume: str) -> Config:
+    """The config an interrupted sweep ran with (saved in its experiment folder)."""
+    return build_config(_load_state(resume)["config"])
+
+
+def _load_state(resume: str) -> dict[str, Any]:
+    path = Path(resume).absolute() / STATE_FILE
+    if not path.is_file():
+        raise InputError(
+            f"{resume} is not a dlforge sweep folder (no {STATE_FILE}); pass the experiment_path of a sweep"
+        )
+    return json.loads(path.read_text())

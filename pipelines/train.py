@@ -1,0 +1,220 @@
+"""The training stage: the one training loop of the project (final fits and sweep trials both call ``train``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from dl_lightning.data import DlforgeDataModule, Splits, load_splits
+from dl_lightning.errors import InputError
+from dl_lightning.registry import build_model, monitor_for
+from pipelines.config import Config
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a fit hands forward: paths by value, test metrics, and whether this process is global rank 0."""
+
+    output_dir: str
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    metrics: dict[str, float]
+    data: dict[str, Any]  # DataSpec.to_dict() of the data the model was trained on
+    run_id: str | None = None
+    is_global_zero: bool = True
+    epochs: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_data(cfg: Config) -> Splits:
+    """The config's data, split and described; raises InputError on bad input before anything is written."""
+    d = cfg.data
+    return load_splits(
+        d.source,
+        target=d.target,
+        text_column=d.text_column,
+        kind=d.kind,
+        task=d.task,
+        image_size=d.image_size,
+        max_len=d.max_len,
+        max_vocab=d.max_vocab,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        seed=cfg.seed,
+    )
+
+
+def optim_settings(cfg: Config) -> dict[str, Any]:
+    return {**dataclasses.asdict(cfg.optim), "max_epochs": cfg.trainer.max_epochs}
+
+
+def resolve_monitor(cfg: Config, task: str) -> tuple[str | None, str]:
+    """The checkpoint/early-stopping metric and its mode; ``trainer.monitor=auto`` picks the family's default."""
+    default, mode = monitor_for(cfg.model.family, task)
+    if cfg.trainer.monitor == "auto":
+        return default, mode
+    name = cfg.trainer.monitor
+    return name, "min" if name.endswith(("loss", "mse", "mae")) else "max"
+
+
+def check_resources(cfg: Config) -> None:
+    """Refuse more devices than this machine has, and precisions it cannot run, before starting processes."""
+    t = cfg.trainer
+    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
+    available = torch.cuda.device_count() if on_gpu else (os.cpu_count() or 1)
+    unit = "GPUs" if on_gpu else "CPU cores"
+    if t.devices > available:
+        raise InputError(f"trainer.devices={t.devices} but this machine has {available} {unit}; lower it")
+    if t.precision == "16-mixed" and not on_gpu:
+        raise InputError("trainer.precision=16-mixed needs a GPU; use bf16-mixed or 32 on CPU")
+    if cfg.model.family == "gan" and (t.gradient_clip_val or t.accumulate_grad_batches > 1):
+        raise InputError("model.family=gan optimizes manually; unset trainer.gradient_clip_val/accumulate_grad_batches")
+    if t.devices > 1 and t.strategy == "auto":
+        raise InputError("trainer.devices>1 needs trainer.strategy=ddp (or ddp_spawn)")
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: str | None = None,
+    callbacks: Sequence[Callback] = (),
+    loggers: Sequence[Any] = (),
+    run_id: str | None = None,
+    test: bool = True,
+) -> TrainResult:
+    """Fit the configured family on the configured data, then test the best checkpoint.
+
+    Args:
+        resume: a checkpoint to continue from (its epoch, optimizer and scheduler state are restored).
+        callbacks: extra Lightning callbacks (a sweep adds its reporter here; tracking adds its own).
+        loggers: Lightning loggers (tracking passes its MLflow logger; none means no logging backend).
+        run_id: the tracking run this fit belongs to, recorded in the result.
+        test: test the best checkpoint after fitting (sweep trials skip it).
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    splits = load_data(cfg)
+    model = build_model(cfg.model.family, splits.spec, cfg.model.arch(), optim_settings(cfg))
+    datamodule = DlforgeDataModule(
+        splits,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        augment=dataclasses.asdict(cfg.data.augment),
+    )
+    trainer, checkpoint, metrics = fit_module(
+        cfg, model, datamodule, splits.spec.task, callbacks=callbacks, loggers=loggers, resume=resume, test=test
+    )
+    return TrainResult(
+        output_dir=str(Path(cfg.output_dir).absolute()),
+        best_checkpoint=checkpoint.best_model_path or None,
+        last_checkpoint=checkpoint.last_model_path or None,
+        metrics=metrics,
+        data=splits.spec.to_dict(),
+        run_id=run_id,
+        is_global_zero=trainer.is_global_zero,
+        epochs=trainer.current_epoch,
+    )
+
+
+def fit_module(
+    cfg: Config,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    task: str,
+    *,
+    callbacks: Sequence[Callback] = (),
+    loggers: Sequence[Any] = (),
+    resume: str | None = None,
+    test: bool = True,
+) -> tuple[L.Trainer, ModelCheckpoint, dict[str, float]]:
+    """The one fit loop: ``cfg.trainer``'s Trainer, best/last checkpoints in ``cfg.output_dir``, optional test.
+
+    After a test the model holds the best checkpoint's weights. ``train`` and the compress stage's student fits
+    (``pipelines.compress``) both come through here.
+    """
+    checkpoint = _checkpoint_callback(cfg, task)
+    trainer = _make_trainer(cfg, [checkpoint, *_stopping(cfg, task), *callbacks], list(loggers))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    metrics = _test(trainer, model, datamodule, checkpoint) if test else {}
+    return trainer, checkpoint, metrics
+
+
+def _make_trainer(cfg: Config, callbacks: list[Callback], loggers: list[Any]) -> L.Trainer:
+    t = cfg.trainer
+    interactive = sys.stdout.isatty()
+    return L.Trainer(
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        gradient_clip_val=t.gradient_clip_val or None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        limit_train_batches=_limit(t.limit_train_batches),
+        limit_val_batches=_limit(t.limit_val_batches),
+        callbacks=[*callbacks, *([] if interactive else [EpochLine()])],
+        logger=loggers or False,
+        default_root_dir=cfg.output_dir,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=50,
+    )
+
+
+def _limit(value: float) -> float | int:
+    """Lightning reads a float as a fraction and an int as a count of batches."""
+    return int(value) if value > 1 else float(value)
+
+
+def _checkpoint_callback(cfg: Config, task: str) -> ModelCheckpoint:
+    monitor, mode = resolve_monitor(cfg, task)
+    return ModelCheckpoint(
+        dirpath=Path(cfg.output_dir).absolute() / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+
+
+def _stopping(cfg: Config, task: str) -> list[Callback]:
+    monitor, mode = resolve_monitor(cfg, task)
+    if not cfg.trainer.early_stopping_patience or monitor is None:
+        return []
+    return [EarlyStopping(monitor=monitor, mode=mode, patience=cfg.trainer.early_stopping_patience)]
+
+
+def _test(trainer: L.Trainer, model: L.LightningModule, datamodule, checkpoint: ModelCheckpoint) -> dict:
+    ckpt = "best" if checkpoint.best_model_path else None
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+class EpochLine(Callback):
+    """One plain line per epoch when stdout is not a terminal (logs of cluster jobs, CI)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        values = "  ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items()))
+        took = time.perf_counter() - self._start
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  ({took:.1f}s)", flush=True)

@@ -1,0 +1,50 @@
+"""Shared fixtures: one shrunk config reused by every test, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> list[str]:
+    """Overrides that shrink any job to seconds: one epoch, small batches limited, tracking off, output in tmp."""
+    return [
+        f"output_dir={tmp_path / 'out'}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=2",
+        "data.batch_size=32",
+        "tracking.enabled=false",
+    ]
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``dlforge`` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def run_dlforge(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``dlforge`` in a child process (needed for DDP, which re-launches the command per rank)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -1,0 +1,421 @@
+"""The sweep driver: a Ray Tune ``Tuner`` over a trial function it is handed (it never imports pipelines).
+
+``run_sweep(trial_fn, space, settings)`` starts or joins Ray, runs the trials with the configured search algorithm
+and scheduler, and returns one :class:`TrialRecord` per trial. The trial function receives the trial's sampled
+values (dotted config key → value) and a :class:`TrialContext` with its stable folder and the checkpoint to resume
+from, whichever way the trial (re)started: first run, retry after a crash, PBT exploit, HyperBand resume or
+``Tuner.restore`` after the driver died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune as ray_tune
+from ray.tune import Callback, Stopper, schedulers
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from dl_lightning.errors import InputError
+from tune.callbacks import CHECKPOINT_FILE
+from tune.space import Dimension, pbt_mutations, to_ray
+
+TRIAL_DRIVER_CPU = 0.01  # the trial process of a multi-worker trial only waits on its workers; Ray refuses 0
+STATE_FILE = "trial_state.json"
+STOP_GRACE_S = 30  # how long a stopped trial may take to close its MLflow run and Lightning state
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything ``run_sweep`` needs besides the trial function and the space; paths must be absolute."""
+
+    metric: str
+    mode: str  # "min" | "max"
+    storage_path: str
+    trials_dir: str  # <trials_dir>/<trial_id>/ is each trial's own folder, stable across restarts
+    max_epochs: int  # the schedulers' max_t: one report per epoch
+    num_samples: int = 8
+    search: str = "random"  # random | grid | optuna
+    scheduler: str = "asha"  # fifo | asha | hyperband | median | pbt
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    time_budget_s: float = 0.0
+    trial_timeout_s: float = 0.0
+    grace_period: int = 1
+    perturbation_interval: int = 2
+    cpu: float = 1.0  # per trial, split evenly between its workers
+    gpu: float = 0.0
+    workers_per_trial: int = 1
+    max_failures: int = 0
+    ray_address: str | None = None
+    name: str = "sweep"
+    seed: int = 0
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("storage_path", "trials_dir"):
+            if not os.path.isabs(getattr(self, name)):
+                raise ValueError(f"{name} must be absolute (trials change directory): {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What a trial function knows about itself."""
+
+    trial_id: str
+    trial_dir: str  # absolute; the same folder on every (re)start of this trial
+    checkpoint: str | None  # a Lightning checkpoint to resume from, or None for a fresh start
+    workers: int = 1
+
+    def load_state(self) -> dict[str, Any]:
+        """Values saved by an earlier start of this trial (e.g. its MLflow run id); empty on the first start."""
+        path = Path(self.trial_dir) / STATE_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def save_state(self, **values: Any) -> None:
+        """Merge ``values`` into the trial's state file (atomic: a killed trial never leaves half a file)."""
+        path = Path(self.trial_dir) / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**self.load_state(), **values}))
+        os.replace(tmp, path)
+
+
+TrialFn = Callable[[dict[str, Any], TrialContext], None]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the sweep ended: its sampled values, how it ended, and its metric history."""
+
+    trial_id: str
+    params: dict[str, Any]
+    status: str  # "finished" | "stopped" (by the scheduler, time budget or timeout) | "error" | "not run"
+    epochs: int
+    last: float | None  # the metric at the trial's last report
+    best: float | None  # the best value of the metric over the trial's reports
+    time_s: float  # training time reported by Tune (all starts of the trial together)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row of metrics per reported epoch
+    last_result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)  # what the trial saved with TrialContext.save_state
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    trials: list[TrialRecord]
+    best: TrialRecord | None
+    experiment_path: str
+    ray_start_s: float
+    tune_wall_s: float
+    concurrency: int
+
+
+def run_sweep(
+    trial_fn: TrialFn,
+    space: Mapping[str, Dimension],
+    settings: SweepSettings,
+    *,
+    resume: str | None = None,
+) -> SweepOutcome:
+    """Run (or, with ``resume`` = an experiment folder, continue) a sweep and collect its trials.
+
+    Ray is joined when already initialized in this process, connected to when ``settings.ray_address`` or
+    ``RAY_ADDRESS`` is set, and otherwise started locally with this machine's CPUs and no dashboard; only a Ray
+    started here is shut down here.
+    """
+    if resume is not None and not is_experiment(resume):
+        raise InputError(f"{resume} is not a sweep folder Ray can restore; pass the experiment_path of a sweep")
+    _quiet_tune()
+    with ray_session(settings.ray_address) as ray_start_s:
+        concurrency = max_concurrency(settings)
+        started = time.perf_counter()
+        tuner = _restored_tuner(trial_fn, settings, resume) if resume else _new_tuner(trial_fn, space, settings)
+        grid = tuner.fit()
+        tune_wall_s = time.perf_counter() - started
+    records = [_record(result, settings) for result in grid]
+    records.sort(key=lambda r: r.trial_id)
+    return SweepOutcome(
+        trials=records,
+        best=best_trial(records, settings.mode),
+        experiment_path=str(grid.experiment_path),
+        ray_start_s=ray_start_s,
+        tune_wall_s=tune_wall_s,
+        concurrency=concurrency,
+    )
+
+
+def is_experiment(path: str) -> bool:
+    return Path(path).is_dir() and ray_tune.Tuner.can_restore(os.path.abspath(path))
+
+
+def best_trial(records: list[TrialRecord], mode: str) -> TrialRecord | None:
+    """The trial with the best metric at any epoch (the epoch a checkpoint monitor would keep)."""
+    scored = [r for r in records if r.best is not None and not math.isnan(r.best)]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda r: r.best)
+
+
+# ---------------------------------------------------------------- Ray session and resources
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[float]:
+    """Yield the seconds it took to start or join Ray; shut down only a Ray that this call started."""
+    if ray.is_initialized():
+        yield 0.0
+        return
+    started = time.perf_counter()
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    try:
+        yield time.perf_counter() - started
+    finally:
+        ray.shutdown()  # a connected driver only disconnects; the cluster keeps running
+
+
+def max_concurrency(settings: SweepSettings) -> int:
+    """Trials that fit at once in the cluster's resources, capped by ``max_concurrent``.
+
+    Tune does not see the resources of Ray Train workers (Train asks for them itself), so for multi-worker trials
+    the cap is what keeps Tune from starting trials whose workers could never be placed — which on a small machine
+    waits forever (the worker group times out and retries without end).
+    """
+    total = ray.cluster_resources()
+    driver_cpu = TRIAL_DRIVER_CPU if settings.workers_per_trial > 1 else 0.0
+    fits = [math.floor(total.get("CPU", 0) / (settings.cpu + driver_cpu) + 1e-9)]
+    if settings.gpu > 0:
+        fits.append(math.floor(total.get("GPU", 0) / settings.gpu + 1e-9))
+    fit = min(fits)
+    if fit < 1:
+        have = f"{total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs"
+        raise InputError(
+            f"one trial needs {settings.cpu:g} CPUs and {settings.gpu:g} GPUs but Ray has {have}; "
+            "lower tune.resources_per_trial"
+        )
+    return min(fit, settings.max_concurrent) if settings.max_concurrent else fit
+
+
+def trial_resources(settings: SweepSettings) -> dict[str, float]:
+    """What Tune reserves for the trial process itself (multi-worker trials: a sliver, workers ask for theirs)."""
+    if settings.workers_per_trial > 1:
+        return {"cpu": TRIAL_DRIVER_CPU}
+    return {"cpu": settings.cpu, "gpu": settings.gpu}
+
+
+# ---------------------------------------------------------------- Tuner
+
+
+def _quiet_tune() -> None:
+    """Our ProgressLines replace Ray's boxes and warnings; the experiment state is saved often."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment state every second, not every 10+: a killed driver then loses at most the last
+    # second of trial bookkeeping, and --resume finds every trial that had started (ray#58179, #28082).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+
+
+def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], settings: SweepSettings) -> Any:
+    concurrency = max_concurrency(settings)
+    tune_config = ray_tune.TuneConfig(
+        metric=settings.metric,
+        mode=settings.mode,
+        search_alg=_search_alg(settings, concurrency),
+        scheduler=_scheduler(space, settings),
+        num_samples=1 if settings.search == "grid" else settings.num_samples,
+        # Ray applies this cap to a Searcher only; the basic generator carries its own (see _search_alg)
+        max_concurrent_trials=concurrency if settings.search == "optuna" else None,
+        time_budget_s=settings.time_budget_s or None,
+        reuse_actors=settings.workers_per_trial == 1,  # a fresh process per trial costs ~2 s on 2 cores
+        trial_name_creator=_trial_name,
+        trial_dirname_creator=_trial_name,
+    )
+    return ray_tune.Tuner(
+        _trainable(trial_fn, settings),
+        param_space=to_ray(space, settings.search),
+        tune_config=tune_config,
+        run_config=_run_config(settings),
+    )
+
+
+def _restored_tuner(trial_fn: TrialFn, settings: SweepSettings, path: str) -> Any:
+    # Unfinished trials continue from their last checkpoint; errored ones get another full set of retries.
+    return ray_tune.Tuner.restore(
+        os.path.abspath(path), _trainable(trial_fn, settings), resume_unfinished=True, restart_errored=True
+    )
+
+
+def _run_config(settings: SweepSettings) -> Any:
+    stop = TrialTimeout(settings.trial_timeout_s) if settings.trial_timeout_s else None
+    return ray_tune.RunConfig(
+        name=settings.name,
+        storage_path=settings.storage_path,
+        failure_config=ray_tune.FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),  # PBT clones the donor's latest
+        stop=stop,
+        callbacks=[ProgressLines(settings.metric, settings.max_epochs)] if settings.verbose else None,
+        verbose=0,
+    )
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _search_alg(settings: SweepSettings, concurrency: int) -> Any:
+    if settings.search == "optuna":
+        from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(sampler=TPESampler(seed=settings.seed))
+    return BasicVariantGenerator(max_concurrent=concurrency, random_state=settings.seed)
+
+
+def _scheduler(space: Mapping[str, Dimension], settings: SweepSettings) -> Any:
+    common = {"time_attr": "training_iteration"}
+    max_t, grace = settings.max_epochs, min(settings.grace_period, settings.max_epochs)
+    # reduction factor 2: sweeps here are small (a few to tens of trials); Ray's default 4 stops too few of them
+    return {
+        "fifo": lambda: schedulers.FIFOScheduler(),
+        "asha": lambda: schedulers.ASHAScheduler(**common, max_t=max_t, grace_period=grace, reduction_factor=2),
+        "hyperband": lambda: schedulers.HyperBandScheduler(**common, max_t=max_t, reduction_factor=2),
+        "median": lambda: schedulers.MedianStoppingRule(**common, grace_period=grace, min_samples_required=2),
+        "pbt": lambda: schedulers.PopulationBasedTraining(
+            **common,
+            perturbation_interval=settings.perturbation_interval,
+            hyperparam_mutations=pbt_mutations(space),
+            # synchronous: every trial reaches the interval before the bottom ones clone the top ones, so
+            # exploits happen on a small sweep too (async PBT skips them while a trial's actor is still starting)
+            synch=True,
+        ),
+    }[settings.scheduler]()
+
+
+def _trainable(trial_fn: TrialFn, settings: SweepSettings) -> Any:
+    trials_dir, workers = settings.trials_dir, settings.workers_per_trial
+
+    def trainable(config: dict[str, Any]) -> None:
+        trial_id = ray_tune.get_context().get_trial_id()
+        checkpoint = ray_tune.get_checkpoint()
+        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as folder:
+            path = str(Path(folder) / CHECKPOINT_FILE) if folder else None
+            trial_fn(dict(config), TrialContext(trial_id, str(Path(trials_dir) / trial_id), path, workers))
+
+    return ray_tune.with_resources(_graceful(trainable), trial_resources(settings))
+
+
+def _graceful(trainable: Callable[[dict[str, Any]], None]) -> type:
+    """The function trainable, but let a stopped trial finish its ``finally`` blocks before its actor goes.
+
+    Ray stops a function trial by raising SystemExit in ``report()`` and, when the actor is torn down, does not
+    wait for the training thread (``finish(timeout=0)``); the trial's MLflow run then never got ended and stayed
+    RUNNING. Waiting up to STOP_GRACE_S lets Lightning tear down and the run end FINISHED.
+    """
+    from ray.train._internal.session import get_session, shutdown_session
+    from ray.tune.trainable import wrap_function
+
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(STOP_GRACE_S))  # the same wait on actor reuse
+
+    class GracefulTrainable(wrap_function(trainable)):
+        def cleanup(self) -> None:
+            session = get_session()
+            try:
+                session.finish(timeout=STOP_GRACE_S)
+            finally:
+                session._report_thread_runner_error()
+                shutdown_session()
+
+    GracefulTrainable.__name__ = "trial"
+    return GracefulTrainable
+
+
+def _record(result: Any, settings: SweepSettings) -> TrialRecord:
+    metrics = dict(result.metrics or {})
+    history = _history(result)
+    values = [row[settings.metric] for row in history if _is_number(row.get(settings.metric))]
+    epochs = int(metrics.get("training_iteration", 0) or 0)
+    if result.error is not None:
+        status = "error"
+    elif not metrics:
+        status = "not run"
+    else:
+        status = "finished" if epochs >= settings.max_epochs else "stopped"
+    pick = max if settings.mode == "max" else min
+    trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
+    return TrialRecord(
+        trial_id=trial_id,
+        params=dict(result.config or {}),
+        status=status,
+        epochs=epochs,
+        last=values[-1] if values else None,
+        best=pick(values) if values else None,
+        time_s=float(metrics.get("time_total_s", 0.0) or 0.0),
+        history=history,
+        last_result={k: v for k, v in metrics.items() if k != "config"},
+        error=_first_line(result.error) if result.error is not None else None,
+        state=TrialContext(trial_id, str(Path(settings.trials_dir) / trial_id), None).load_state(),
+    )
+
+
+def _history(result: Any) -> list[dict[str, Any]]:
+    frame = result.metrics_dataframe
+    if frame is None or frame.empty:
+        return []
+    keep = [c for c in frame.columns if c.startswith(("train/", "val/")) or c in ("epoch", "training_iteration")]
+    return frame[keep].to_dict("records")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    cause = [line for line in text if line.strip() and not line.startswith((" ", "Traceback"))]
+    return (cause[-1] if cause else type(error).__name__)[:300]
+
+
+# ---------------------------------------------------------------- Tune callbacks (driver side)
+
+
+class TrialTimeout(Stopper):
+    """Stop a trial whose training time passed ``limit_s`` (checked at each of its reports)."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return result.get("time_total_s", 0.0) > self.limit_s
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class ProgressLines(Callback):
+    """One plain line per trial epoch and per trial end, instead of Ray's redrawn status tables."""
+
+    def __init__(self, metric: str, max_epochs: int) -> None:
+        self.metric, self.max_epochs = metric, max_epochs
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        value = result.get(self.metric)
+        shown = f"{value:.4f}" if _is_number(value) else "-"
+        epoch = result.get("training_iteration", 0)
+        print(f"  trial {trial.trial_id}  epoch {epoch}/{self.max_epochs}  {self.metric} {shown}", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"  trial {trial.trial_id}  ended", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"  trial {trial.trial_id}  failed (failure {trial.num_failures})", flush=True)
