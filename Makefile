@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/dlforge train $(CONFIG)
+	$(VENV)/bin/dlforge run $(CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest

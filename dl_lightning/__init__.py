@@ -1,1 +1,1 @@
-"""Pure modelling: plain nets, one LightningModule per family, data loading. Imports no mlflow, ray, onnx or pipelines."""
+"""Pure modelling: plain nets, one LightningModule per family, data. Imports no mlflow, ray, onnx or pipelines."""

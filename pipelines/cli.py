@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -19,12 +20,18 @@ from pipelines.config import Config, dump_yaml, load_config
 from pipelines.outputs import check_writable, write_json_atomic
 
 EXIT_USAGE = 2
+EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell and SLURM report for a preempted process
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlforge`` console script and ``python -m pipelines``."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after flags (`run CONFIG --quick seed=1`): collect the positional leftovers too.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.items = [*getattr(args, "items", []), *extra]
     _quiet_libraries(args.command)
     try:
         return args.handler(args)
@@ -34,6 +41,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dlforge: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if not _preempted(exc):
+            raise
+        print("dlforge: stopped by SIGTERM; last.ckpt keeps the state — rerun with --resume auto", file=sys.stderr)
+        return EXIT_SIGTERM
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a file: never unpickle code
+        from pipelines.guards import unpickling_reason
+
+        reason = unpickling_reason(exc)
+        print(f"dlforge: error: refusing a checkpoint that is not plain tensors and values ({reason})", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if not isinstance(getattr(exc, "exit_code", None), int):
+            raise
+        print(f"dlforge: error: {exc}", file=sys.stderr)  # valid input, failed job (training diverged): exit 1
+        return exc.exit_code
+
+
+def _preempted(exc: SystemExit) -> bool:
+    """Lightning's SIGTERMException (its module is loaded whenever one can have been raised)."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(exc, exceptions.SIGTERMException)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +103,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipelines import tracking
+    from pipelines import guards, tracking
     from pipelines.train import check_resources, train
 
     started = time.perf_counter()
@@ -82,8 +111,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_writable(cfg.output_dir)
     check_resources(cfg)
     resume = _resume_path(cfg, args.resume)
+    if resume:
+        guards.check_checkpoint(resume)  # weights_only: a hostile pickle is refused before anything loads it
     continued = tracking.run_id_from_checkpoint(resume) if cfg.tracking.enabled else None
-    with tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=args.parent_run_id) as run_id:
+    run = tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=args.parent_run_id)
+    with guards.sigterm_exits(), run as run_id:
         callbacks = tracking.lightning_callbacks(cfg, run_id)
         result = train(cfg, resume=resume, callbacks=callbacks, run_id=run_id)
         logged = tracking.log_train_result(run_id, cfg, result)
@@ -146,12 +178,14 @@ def _print_pipeline(cfg: Config, result: Any, summary: Path) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from pipelines.sweep import format_table, load_sweep_config, sweep
+    from pipelines.train import check_resources
 
     started = time.perf_counter()
     if args.resume and args.items:
         raise InputError("--resume continues a sweep with its saved config; drop the config file and overrides")
     cfg = load_sweep_config(args.resume) if args.resume else config_from(args)
     check_writable(cfg.output_dir)
+    check_resources(cfg)  # before Ray starts
     result = sweep(cfg, resume=args.resume)
     print(format_table(result))
     best = {"metric": result.metric, "mode": result.mode, "value": result.best_metric, "trial": result.best_trial}
@@ -184,10 +218,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _resume_path(cfg: Config, resume: str | None) -> str | None:
-    """``--resume auto`` continues from ``<output_dir>/checkpoints/last.ckpt`` when there is one."""
+    """``--resume auto`` continues from ``checkpoints/last.ckpt`` or a SLURM requeue save, the newer, if any."""
     if resume is None:
         return None
-    path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if resume == "auto" else Path(resume)
+    if resume == "auto":
+        from pipelines.guards import newest_checkpoint
+
+        path = newest_checkpoint(Path(cfg.output_dir) / "checkpoints", cfg.output_dir) or Path("")
+    else:
+        path = Path(resume)
     if path.is_file():
         return str(path.absolute())
     if resume == "auto":
@@ -235,7 +274,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         student=result.student,
         teacher_run_id=result.teacher_run_id,
         mlflow_run_id=result.run_id,
+        registered=result.registered,
     )
+    if result.registered:
+        print(f"  {'registered':<18} {result.registered['uri']} (version {result.registered['version']})")
     print(f"  {'report':<18} {result.report_md}\n  {'summary':<18} {summary}")
     if not result.passed:
         failed = "; ".join(f"{g.name} ({g.detail})" for g in result.gates if not g.passed)
@@ -247,11 +289,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipelines.predict import predict  # ONNX Runtime only: torch is not imported on this path
 
-    if len(args.items) != 2:
-        raise InputError("usage: dlforge predict MODEL.onnx INPUT [--output preds.csv]")
-    model, source = args.items
+    positional = [item for item in args.items if "=" not in item]
+    if len(positional) != 2:
+        raise InputError("usage: dlforge predict MODEL.onnx|models:/NAME@ALIAS INPUT [key=value ...] [--output F]")
+    model, source = positional
+    cfg = load_config(None, [item for item in args.items if "=" in item])  # tracking.* finds a registry model
     output = args.output or str(Path(source).with_suffix("")) + ".predictions.csv"
-    path, count = predict(model, source, output)
+    check_writable(Path(output).absolute().parent)  # before the model runs: fail fast, write nothing
+    path, count = predict(model, source, output, cfg)
     print(f"  {count} predictions → {path}")
     return 0
 
@@ -259,6 +304,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _quiet_libraries(command: str) -> None:
     """Keep the terminal for dlforge's own lines; libraries' info chatter goes to debug logs."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # inherited by DDP child processes
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial database tables", "Registered…"
     warnings.filterwarnings("ignore")
     if command == "predict":  # ONNX Runtime only: importing Lightning would import torch
         return
@@ -296,7 +342,7 @@ COMMANDS: dict[str, tuple[Handler, str, dict[str, dict[str, Any]]]] = {
     ),
     "predict": (
         cmd_predict,
-        "predict with an ONNX model (ONNX Runtime only): dlforge predict MODEL.onnx INPUT",
+        "predict with an ONNX model (ONNX Runtime only): dlforge predict MODEL.onnx|models:/NAME@ALIAS INPUT",
         {"--output": {"metavar": "FILE.csv", "help": "where to write predictions (default: INPUT.predictions.csv)"}},
     ),
     "tune": (

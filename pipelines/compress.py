@@ -2,8 +2,14 @@
 
 Reads like its table of contents, :func:`compress`: load the teacher, load the data, ship the teacher (export, parity,
 quantize, measure), distill a smaller student and train the same student from scratch, ship the student, evaluate
-the gates, write the report. Every model is scored by the same function on the same test split, so the rows of the
-report differ only in the model.
+the gates, write the report, and — tracking on — log it all to the compress run and, when every gate passed, register
+the shipped ONNX model. Every model is scored by the same function on the same test split, so the rows of the report
+differ only in the model.
+
+MLflow metrics are ``compress/<row key>/<what>``: the row keys are stable (``teacher_fp32_pytorch``,
+``teacher_fp32_onnx``, ``teacher_int8_onnx``, ``student_…``, ``student_scratch_pytorch``) whatever the INT8 recipe,
+so runs compare column by column; ``<what>`` is ``acc`` or ``mse`` (the test metric), ``params``, ``size_bytes``,
+``parity_max_abs_diff``, ``latency_b1_p50_ms``…; gates are ``compress/gate/<name>`` (1 passed, 0 failed).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dl_lightning.data.spec import DataSpec
 from dl_lightning.distill import DistillModule
 from dl_lightning.errors import InputError
 from dl_lightning.registry import FAMILY_KEY, build_model, load_model
-from pipelines import export
+from pipelines import export, tracking
 from pipelines.config import Config
 from pipelines.outputs import write_json_atomic, write_text_atomic
 from pipelines.train import fit_module, load_data, optim_settings
@@ -63,6 +69,7 @@ class Row:
     latency_ms: dict[str, float]  # b1_p50, b1_p95, b64_p50, b64_p95 — one thread
     parity_max_abs_diff: float | None = None
     file: str | None = None
+    key: str = ""  # stable id in metric names: teacher_fp32_pytorch, teacher_int8_onnx, student_scratch_pytorch…
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class CompressResult:
     teacher_run_id: str | None
     run_id: str | None = None
     student: dict[str, Any] = field(default_factory=dict)
+    registered: dict[str, str] | None = None  # name, version, alias, uri, model — when a version was registered
 
     @property
     def passed(self) -> bool:
@@ -113,19 +121,23 @@ def compress(cfg: Config, teacher_ref: str, *, parent_run_id: str | None = None)
     """Distill, export, quantize, measure and gate the teacher ``teacher_ref`` on ``cfg``'s data.
 
     Args:
-        teacher_ref: a checkpoint path, an MLflow run id or ``models:/<name>@<alias>``.
-        parent_run_id: the pipeline's MLflow run, when compress runs as one of its stages.
+        teacher_ref: a checkpoint path, an MLflow run id or ``models:/<name>@<alias>`` (resolved in the store
+            ``cfg.tracking.uri`` names, downloaded to ``<output_dir>/teacher``).
+        parent_run_id: the pipeline's MLflow run, when compress runs as one of its stages: the compress run is its
+            child.
 
     Raises:
-        InputError: the teacher cannot be found or read, or does not fit the data.
+        InputError: the teacher cannot be found or read, or does not fit the data; ``compress.register`` asks for
+            a student that will not be trained.
     """
-    teacher = load_teacher(teacher_ref)
+    teacher = load_teacher(teacher_ref, cfg)
+    registered_key(cfg, teacher)  # a registration that cannot happen fails now, not after the training
     splits = load_data(cfg)
     check_compatible(teacher.spec, splits.spec)
     probe = make_probe(cfg, teacher, splits)
     with _tracked(cfg, teacher, parent_run_id) as run_id:
         result = _compress(cfg, teacher, splits, probe, run_id)
-        _log(run_id, result)
+        result = log_result(cfg, run_id, teacher, probe, result)
     return result
 
 
@@ -143,7 +155,8 @@ def _compress(cfg: Config, teacher: Teacher, splits: Splits, probe: Probe, run_i
         teacher_row, student_row = rows[0], s_rows[0]  # both PyTorch fp32
         rows, files, gates = [*rows, *s_rows], files | s_files, [*gates, *s_gates]
         if scratch is not None:
-            rows.append(measure_torch(cfg, "student from scratch (PyTorch)", scratch.export_net()[0], probe))
+            label, scratch_net = "student from scratch (PyTorch)", scratch.export_net()[0]
+            rows.append(measure_torch(cfg, label, "student_scratch_pytorch", scratch_net, probe))
         student = {"family": family, "arch": arch, "params_ratio": student_row.params / max(teacher_row.params, 1)}
         if scratch is not None and probe.task is not None:
             student["gain_over_scratch"] = -drop_points(rows[-1].metric, student_row.metric, probe.task)
@@ -184,8 +197,10 @@ def ship(
     parity = export.check_parity(
         net, export.open_session(fp32), probe.parity, atol=c.parity_atol, relative=probe.task == "regression"
     )
-    rows = [measure_torch(cfg, f"{role} fp32 (PyTorch)", net, probe)]
-    rows.append(measure_onnx(cfg, f"{role} fp32 (ONNX)", fp32, rows[0].params, probe, parity.max_abs_diff))
+    rows = [measure_torch(cfg, f"{role} fp32 (PyTorch)", f"{role}_fp32_pytorch", net, probe)]
+    rows.append(
+        measure_onnx(cfg, f"{role} fp32 (ONNX)", f"{role}_fp32_onnx", fp32, rows[0].params, probe, parity.max_abs_diff)
+    )
     gates = [Gate(f"{role} parity", parity.passed, f"max |Δ| {parity.max_abs_diff:.2e} ≤ {parity.tolerance:.1e}")]
     files = {role: str(fp32)}
     recipe = export.choose_recipe(export.load_onnx(fp32, with_weights=False), c.quantization)
@@ -193,7 +208,8 @@ def ship(
         int8 = export.quantize_onnx(
             fp32, folder / f"{role}-int8.onnx", recipe=recipe, per_channel=c.per_channel, calibration=probe.calibration
         )
-        rows.append(measure_onnx(cfg, f"{role} INT8 ({recipe})", int8, rows[0].params, probe, None))
+        name = f"{role} INT8 ({recipe})"
+        rows.append(measure_onnx(cfg, name, f"{role}_int8_onnx", int8, rows[0].params, probe, None))
         files[f"{role}-int8"] = str(int8)
         if probe.task is not None:
             gates.append(metric_gate(f"{role} INT8 drop", rows[1].metric, rows[2].metric, probe.task, c.max_int8_drop))
@@ -203,9 +219,9 @@ def ship(
 # ---------------------------------------------------------------- teacher
 
 
-def load_teacher(ref: str) -> Teacher:
+def load_teacher(ref: str, cfg: Config | None = None) -> Teacher:
     """The teacher module from a checkpoint path, an MLflow run id or ``models:/<name>@<alias>``."""
-    path, run_id = resolve_teacher(ref)
+    path, run_id = resolve_teacher(ref, cfg)
     try:
         module = load_model(path)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -224,29 +240,30 @@ def load_teacher(ref: str) -> Teacher:
 
 def _checkpoint_run_id(path: str) -> str | None:
     """The MLflow run recorded in the checkpoint by tracking's callback (the ONNX metadata's source run)."""
-    try:
-        from pipelines.tracking import run_id_from_checkpoint
-    except ImportError:
-        return None
-    return run_id_from_checkpoint(path)
+    return tracking.run_id_from_checkpoint(path)
 
 
-def resolve_teacher(ref: str) -> tuple[str, str | None]:
-    """(checkpoint path, run id or None); run ids and registry URIs go through ``pipelines.tracking``."""
+def resolve_teacher(ref: str, cfg: Config | None = None) -> tuple[str, str | None]:
+    """(checkpoint path, run id or None).
+
+    A run id or ``models:/<name>@<alias>`` is resolved in ``cfg``'s tracking store (without ``cfg``: the default
+    one), even with ``tracking.enabled=false`` — it only reads — and downloaded to ``<output_dir>/teacher``.
+    """
     path = Path(ref).expanduser()
     if path.is_file():
         return str(path.absolute()), None
     if ref.startswith("models:/") or RUN_ID.fullmatch(ref):
-        # INTEGRATION POINT (pipelines.tracking): resolve_checkpoint(ref) -> (local .ckpt path, run id)
+        dest = Path(cfg.output_dir).absolute() / "teacher" if cfg is not None else None
         try:
-            from pipelines import tracking
-        except ImportError:
-            tracking = None
-        resolve = getattr(tracking, "resolve_checkpoint", None)
-        if resolve is None:
-            raise InputError(f"teacher {ref!r} needs MLflow tracking to resolve; pass the checkpoint path instead")
-        return resolve(ref)
+            return tracking.resolve_checkpoint(ref, cfg, dest=dest)
+        except InputError as exc:
+            raise InputError(f"teacher {_one_line(exc)}") from None
     raise InputError(f"teacher {ref!r} is not a checkpoint file, an MLflow run id or models:/<name>@<alias>")
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_compatible(teacher: DataSpec, data: DataSpec) -> None:
@@ -379,7 +396,7 @@ def score(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
     return float(np.mean((outputs.reshape(-1) - y.reshape(-1)) ** 2))
 
 
-def measure_torch(cfg: Config, name: str, net: nn.Module, probe: Probe) -> Row:
+def measure_torch(cfg: Config, name: str, key: str, net: nn.Module, probe: Probe) -> Row:
     outputs = export.run_torch(net, probe.test_x)
     metric = None if probe.test_y is None else score(outputs, probe.test_y, probe.task)
     latency = {}
@@ -387,10 +404,10 @@ def measure_torch(cfg: Config, name: str, net: nn.Module, probe: Probe) -> Row:
         p50, p95 = export.torch_latency(net, probe.batch(b), cfg.compress.latency_repeats)
         latency |= {f"b{b}_p50": p50, f"b{b}_p95": p95}
     size = sum(t.numel() * t.element_size() for t in net.state_dict().values())
-    return Row(name, "pytorch", sum(p.numel() for p in net.parameters()), size, metric, latency)
+    return Row(name, "pytorch", sum(p.numel() for p in net.parameters()), size, metric, latency, key=key)
 
 
-def measure_onnx(cfg: Config, name: str, path: Path, params: int, probe: Probe, parity: float | None) -> Row:
+def measure_onnx(cfg: Config, name: str, key: str, path: Path, params: int, probe: Probe, parity: float | None) -> Row:
     session = export.open_session(path, threads=1)
     outputs = export.run_session(session, probe.test_x)
     metric = None if probe.test_y is None else score(outputs, probe.test_y, probe.task)
@@ -398,7 +415,7 @@ def measure_onnx(cfg: Config, name: str, path: Path, params: int, probe: Probe, 
     for b in (1, 64):
         p50, p95 = export.onnx_latency(session, probe.batch(b), cfg.compress.latency_repeats)
         latency |= {f"b{b}_p50": p50, f"b{b}_p95": p95}
-    return Row(name, "onnxruntime", params, path.stat().st_size, metric, latency, parity, str(path))
+    return Row(name, "onnxruntime", params, path.stat().st_size, metric, latency, parity, str(path), key)
 
 
 # ---------------------------------------------------------------- gates
@@ -497,52 +514,133 @@ def print_report(result: CompressResult) -> None:
 
 @contextlib.contextmanager
 def _tracked(cfg: Config, teacher: Teacher, parent_run_id: str | None) -> Iterator[str | None]:
-    """The compress job's MLflow run when tracking is on (pipelines.tracking), else nothing."""
-    tracking = _tracking(cfg)
-    if tracking is None:
+    """The compress job's MLflow run (a child of ``parent_run_id`` when given), or ``None`` with tracking off."""
+    if not cfg.tracking.enabled:
         yield None
         return
-    tags = {"teacher_run_id": teacher.run_id or "", "teacher_checkpoint": teacher.checkpoint}
-    with tracking.job_run(cfg, name="compress", kind="compress", parent_run_id=parent_run_id, tags=tags) as run_id:
+    name = f"compress {teacher.family}-{tracking.dataset_name(cfg.data.source)}"
+    tags = {
+        "dlforge.family": teacher.family,  # the teacher's, whatever model.family the config holds
+        "dlforge.teacher_run_id": teacher.run_id or "",
+        "dlforge.teacher_checkpoint": teacher.checkpoint,
+    }
+    with tracking.job_run(cfg, name=name, kind="compress", parent_run_id=parent_run_id, tags=tags) as run_id:
         yield run_id
 
 
-def _tracking(cfg: Config) -> Any:
-    if not cfg.tracking.enabled:
-        return None
-    try:
-        from pipelines import tracking
-    except ImportError:  # INTEGRATION POINT: tracking not built yet — compress runs untracked
-        return None
-    return tracking
-
-
 def report_metrics(result: CompressResult) -> dict[str, float]:
-    """Flat MLflow metrics: ``compress/<row>/<what>``, plus 1/0 per gate."""
+    """Flat MLflow metrics: ``compress/<row key>/<what>``, ``compress/gate/<gate>`` (1/0), ``compress/passed``."""
     metrics: dict[str, float] = {}
+    leaf = (result.metric or "metric").split("/")[-1]  # acc | mse
     for row in result.rows:
-        key = "compress/" + re.sub(r"[^a-z0-9]+", "_", row.model.lower()).strip("_")
+        key = f"compress/{row.key or _slug(row.model)}"
         metrics[f"{key}/size_bytes"] = float(row.size_bytes)
         metrics[f"{key}/params"] = float(row.params)
         if row.metric is not None:
-            metrics[f"{key}/{(result.metric or 'metric').split('/')[-1]}"] = row.metric
+            metrics[f"{key}/{leaf}"] = row.metric
         if row.parity_max_abs_diff is not None:
             metrics[f"{key}/parity_max_abs_diff"] = row.parity_max_abs_diff
         metrics |= {f"{key}/latency_{k}_ms": v for k, v in row.latency_ms.items()}
     for gate in result.gates:
-        metrics["compress/gate/" + re.sub(r"[^a-z0-9]+", "_", gate.name.lower()).strip("_")] = float(gate.passed)
+        metrics[f"compress/gate/{_slug(gate.name)}"] = float(gate.passed)
+    metrics["compress/passed"] = float(result.passed)
+    for what in ("params_ratio", "gain_over_scratch"):
+        if what in result.student:
+            metrics[f"compress/student/{what}"] = float(result.student[what])
     return metrics
 
 
-def _log(run_id: str | None, result: CompressResult) -> None:
-    if run_id is None:
-        return
-    from pipelines import tracking
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
+
+def registered_key(cfg: Config, teacher: Teacher) -> str | None:
+    """Which file ``compress.register`` ships (a key of ``CompressResult.files``), or ``None``.
+
+    ``teacher`` is the GAN's ``generator``; an INT8 choice is the fp32 file when ``compress.quantization=none``.
+    Raises InputError when it names a student that will not be trained.
+    """
+    choice = cfg.compress.register
+    if choice == "none" or not cfg.tracking.enabled:
+        return None
+    model, _, int8 = choice.partition("-")
+    if model == "student" and (teacher.family == "gan" or cfg.compress.epochs == 0):
+        why = "a GAN ships its generator" if teacher.family == "gan" else "compress.epochs=0 trains none"
+        raise InputError(f"compress.register={choice} needs a student, but {why}; set compress.register=teacher-int8")
+    if model == "teacher" and teacher.family == "gan":
+        model = "generator"
+    return model + ("-int8" if int8 and cfg.compress.quantization != "none" else "")
+
+
+def registered_model_name(cfg: Config, family: str) -> str:
+    """``<experiment>-<family>-onnx``: beside the trained PyTorch model ``<experiment>-<family>``."""
+    return tracking.registered_model_name(cfg.with_overrides({"model.family": family})) + "-onnx"
+
+
+def log_result(
+    cfg: Config, run_id: str | None, teacher: Teacher, probe: Probe, result: CompressResult
+) -> CompressResult:
+    """Metrics, report and ONNX files to the compress run; when every gate passed, the shipped model registered.
+
+    Passing models are logged with the ONNX flavor (one file, a float32 — int64 for text — signature and input
+    example), so ``mlflow.pyfunc.load_model`` serves them. A failed gate keeps the files as plain artifacts for
+    review and registers nothing.
+    """
+    if run_id is None:
+        return result
     tracking.log_metrics(run_id, report_metrics(result))
     tracking.log_artifact(run_id, result.report_md, "compress")
     tracking.log_artifact(run_id, result.report_json, "compress")
-    for path in result.files.values():
-        tracking.log_artifact(run_id, path, "onnx")
-    # INTEGRATION POINT (pipelines.tracking): log the report + .onnx files as artifacts and, when result.passed,
-    # register teacher-int8 / student / student-int8 with aliases int8, student, student-int8 (mlflow.onnx flavor).
+    if not result.passed:
+        for path in result.files.values():
+            tracking.log_artifact(run_id, path, "onnx")
+        tracking.set_tags(run_id, {"dlforge.gates": "failed"})
+        return result
+    uris = {key: _log_onnx(run_id, key, Path(path), teacher, probe) for key, path in result.files.items()}
+    tracking.set_tags(run_id, {"dlforge.gates": "passed"})
+    key = registered_key(cfg, teacher)
+    if key is None:
+        return result
+    row = next(r for r in result.rows if r.file == result.files[key])
+    meta = export.read_metadata(row.file)
+    name = registered_model_name(cfg, teacher.family)
+    tags = {
+        "dlforge.model": key,
+        "dlforge.family": meta["family"],
+        "dlforge.quantization": meta.get("quantization", "none"),
+        "dlforge.teacher_run_id": teacher.run_id or "",
+        "dlforge.compress_run_id": run_id,
+        "dlforge.gates": "passed",
+        "dlforge.size_bytes": row.size_bytes,
+    }
+    if row.metric is not None and result.metric:
+        tags[f"metric.{result.metric}"] = f"{row.metric:.6g}"
+    version = tracking.register_model(uris[key], name=name, run_id=run_id, alias=tracking.CANDIDATE, tags=tags)
+    registered = {
+        "name": name,
+        "version": version,
+        "alias": tracking.CANDIDATE,
+        "uri": f"models:/{name}@{tracking.CANDIDATE}",
+        "model": key,
+    }
+    tracking.set_tags(run_id, {"dlforge.registered": f"{name}/{version}"})
+    return dataclasses.replace(result, registered=registered)
+
+
+def _log_onnx(run_id: str, key: str, path: Path, teacher: Teacher, probe: Probe) -> str:
+    """Log one ``.onnx`` with the ONNX flavor; the signature's dtype is the graph's own input type."""
+    session = export.open_session(path)
+    example = probe.test_x[:2]
+    example = example.astype(np.int64 if session.get_inputs()[0].type == "tensor(int64)" else np.float32)
+    meta = export.read_metadata(session)
+    metadata = {
+        "dlforge_model": key,
+        "family": meta.get("family"),
+        "task": meta.get("task"),
+        "quantization": meta.get("quantization", "none"),
+        "teacher_run_id": teacher.run_id or "",
+    }
+    output = export.run_session(session, example)
+    return tracking.log_onnx_model(
+        run_id, path, name=key, input_example=example, output_example=output, metadata=metadata
+    )

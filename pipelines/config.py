@@ -185,6 +185,9 @@ class CompressConfig:
     max_int8_drop: float = field(default=1.0, metadata=_check(ge=0))  # points (acc × 100; % of mse)
     max_student_drop: float = field(default=2.0, metadata=_check(ge=0))
     latency_repeats: int = field(default=30, metadata=_check(ge=1))
+    # the model registered as <experiment>-<family>-onnx (alias 'candidate') when tracking is on and every gate
+    # passes; an INT8 choice ships the fp32 file when compress.quantization=none
+    register: Literal["teacher-int8", "teacher", "student-int8", "student", "none"] = "teacher-int8"
 
 
 # Dotted config key → one distribution: {loguniform|uniform: [low, high]}, {randint: [low, high)} (high excluded,

@@ -38,13 +38,9 @@ def check_writable(output_dir: str | Path) -> None:
     path = Path(output_dir).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
-        raise InputError(
-            f"output_dir {str(path)!r} is inside a file {str(existing)!r}; choose a directory path"
-        )
+        raise InputError(f"output_dir {str(path)!r} is inside a file {str(existing)!r}; choose a directory path")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(
-            f"output_dir {str(path)!r} is not writable; set output_dir= to a folder you can write"
-        )
+        raise InputError(f"output_dir {str(path)!r} is not writable; set output_dir= to a folder you can write")
 
 
 def _finite(value: Any) -> Any:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import tempfile
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,17 +21,23 @@ from dl_lightning.errors import InputError
 from pipelines import export
 from pipelines.outputs import write_text_atomic
 
+if TYPE_CHECKING:
+    from pipelines.config import Config
+
 TABLES = (".csv", ".parquet", ".pq")
 IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def predict(model_ref: str, source: str, output: str) -> tuple[Path, int]:
-    """Run ``model_ref`` (an ``.onnx`` path) on ``source``; write one CSV row per example to ``output``.
+def predict(model_ref: str, source: str, output: str, cfg: Config | None = None) -> tuple[Path, int]:
+    """Run ``model_ref`` on ``source``; write one CSV row per example to ``output``.
 
-    Classification rows hold the predicted class and one probability column per class; regression rows the value.
+    ``model_ref`` is an ``.onnx`` path or ``models:/<name>@<alias>`` (``models:/<name>/<version>``), downloaded from
+    ``cfg``'s tracking store. Classification rows hold the predicted class and one probability column per class;
+    regression rows the value.
     """
-    path = resolve_model(model_ref)
-    session = export.open_session(path, threads=0)
+    with tempfile.TemporaryDirectory(prefix="dlforge-predict-") as tmp:
+        path = resolve_model(model_ref, cfg, Path(tmp))
+        session = export.open_session(path, threads=0)  # the graph is in memory now: the download can go
     meta = export.read_metadata(session)
     if not meta.get("task") or meta.get("role") == "generator":
         raise InputError(f"{path.name} is not a dlforge predictor (a generator, or no dlforge metadata)")
@@ -42,10 +49,13 @@ def predict(model_ref: str, source: str, output: str) -> tuple[Path, int]:
     return out, len(frame)
 
 
-def resolve_model(ref: str) -> Path:
+def resolve_model(ref: str, cfg: Config | None = None, dest: Path | None = None) -> Path:
+    """A local ``.onnx`` path; a registry URI is downloaded into ``dest`` (tracking imports neither torch nor
+    Lightning, and mlflow only on this branch)."""
     if ref.startswith("models:/"):
-        # INTEGRATION POINT (pipelines.tracking): download the registered ONNX model to a local path
-        raise InputError(f"{ref}: registry models are not resolvable yet; pass the .onnx file path")
+        from pipelines import tracking
+
+        return tracking.download_onnx(ref, cfg, dest=dest)
     path = Path(ref).expanduser()
     if path.suffix.lower() != ".onnx":
         raise InputError(f"model {ref!r} must be an .onnx file (export one with dlforge compress)")

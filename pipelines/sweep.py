@@ -227,7 +227,7 @@ class TrialFn:
     def __call__(self, params: dict[str, Any], ctx: Any) -> None:
         cfg = trial_config(self.cfg, params, ctx.trial_dir)
         earlier = ctx.load_state().get("run_id")
-        tags = {"ray.trial_id": ctx.trial_id}
+        tags = {"ray.trial_id": ctx.trial_id, "ray.node_id": ctx.node_id}
         with tracking.job_run(
             cfg, kind="trial", name=f"trial {ctx.trial_id}", parent_run_id=self.parent_run_id, run_id=earlier, tags=tags
         ) as run_id:

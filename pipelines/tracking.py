@@ -17,9 +17,11 @@ then never imported):
 - ``log_train_result(run_id, cfg, result)`` — after a fit, on rank 0: test metrics, learning curves, confusion
   matrix + per-class report or residual plot, GAN samples, best checkpoint, the model with a float signature and
   input example, and (``tracking.register=true``) a registry version with alias ``candidate``.
-- Building blocks: ``log_metrics``, ``log_artifact``, ``log_artifacts``, ``set_tags``, ``log_model``,
-  ``register_model``, ``set_alias``, ``registered_model_name``, ``tracking_uri``, ``redact_uri``,
-  ``mask_params``, ``experiment_url``, ``serve_ui``.
+- Building blocks: ``connect``, ``log_metrics``, ``log_artifact``, ``log_artifacts``, ``set_tags``, ``log_model``
+  (PyTorch, ``pt2``), ``log_onnx_model`` (one file), ``register_model`` (alias ``candidate``), ``set_alias``,
+  ``tag_model_version``, ``promote_best``, ``registered_model_name``, ``resolve_checkpoint`` (run id or
+  ``models:/…`` → local .ckpt), ``download_onnx``, ``tracking_uri``, ``redact_uri``, ``mask_params``,
+  ``summary_fields``, ``experiment_url``, ``serve_ui``.
 
 Store: ``tracking.uri`` (default ``sqlite:///<project>/mlruns/mlflow.db``, artifacts in ``mlruns/artifacts``); any
 MLflow URI works. A new experiment keeps its artifacts next to a sqlite file unless ``tracking.artifact_location``
@@ -55,15 +57,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dl_lightning.errors import InputError
 from pipelines.config import PROJECT_ROOT, Config, unflatten
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # Lightning (hence torch) is imported on use: predict downloads models through this module
     import lightning.pytorch as L
     import torch
+    from lightning.pytorch.callbacks import Callback
     from mlflow import MlflowClient
 
     from pipelines.train import TrainResult
@@ -190,12 +191,31 @@ def connect(cfg: Config) -> str:
     mlflow.set_tracking_uri(uri)
     _USED_URI[tracking_uri(cfg)] = uri
     try:
-        return _experiment_id(uri, cfg.tracking.experiment, _artifact_location(cfg, uri))
+        with _first_use_lock(uri):
+            return _experiment_id(uri, cfg.tracking.experiment, _artifact_location(cfg, uri))
     except Exception as exc:
         raise TrackingError(
             f"cannot use tracking store {redact_uri(uri)}: {type(exc).__name__}: {_clip(str(exc), 300)} "
             "— fix tracking.uri or set tracking.enabled=false"
         ) from exc
+
+
+@contextlib.contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """One process at a time opens a sqlite store for the first time.
+
+    Jobs started together on a new file (8 trials, an array job) otherwise race MLflow's table creation and fail
+    with "table alembic_version already exists". Once the tables exist, SQLite's own locking and MLflow's 20 s
+    busy timeout serialize the writers.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(uri.removeprefix("sqlite:///") + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, even if this process dies
+        yield
 
 
 def _reachable_uri(cfg: Config) -> str:
@@ -312,7 +332,9 @@ def _log_config(client: MlflowClient, cfg: Config, run_id: str, resumed: bool) -
 
 def _status_for(exc: BaseException) -> str:
     """Ctrl-C and SIGTERM mean KILLED (Lightning turns them into SystemExit(1) and SIGTERMException); errors FAILED."""
-    if isinstance(exc, KeyboardInterrupt | SIGTERMException):
+    lightning_errors = sys.modules.get("lightning.pytorch.utilities.exceptions")  # only Lightning raises its own
+    sigterm = (lightning_errors.SIGTERMException,) if lightning_errors else ()
+    if isinstance(exc, (KeyboardInterrupt, *sigterm)):
         return "KILLED"
     if isinstance(exc, SystemExit):
         return "FINISHED" if exc.code in (0, None) else "KILLED"
@@ -516,7 +538,7 @@ def resolve_checkpoint(ref: str, cfg: Config | None = None, dest: str | Path | N
     try:
         local = Path(client.download_artifacts(run_id, "checkpoints", str(folder)))
     except Exception as exc:
-        raise InputError(f"{ref}: run {run_id} has no checkpoints/ artifacts to resolve ({exc})") from exc
+        raise InputError(f"{ref}: run {run_id} has no checkpoints/ artifacts to resolve ({_first_line(exc)})") from exc
     found = sorted(local.glob("*.ckpt"), key=lambda p: p.name != "best.ckpt")
     if not found:
         raise InputError(f"{ref}: run {run_id} logged no .ckpt file; pass a checkpoint path instead")
@@ -558,7 +580,10 @@ def download_onnx(ref: str, cfg: Config | None = None, dest: str | Path | None =
     """``models:/<name>@<alias>`` (or any model URI) of an ONNX model → the local ``.onnx`` file."""
     _ensure_connected(cfg)
     folder = Path(dest or tempfile.mkdtemp(prefix="dlforge-onnx-"))
-    local = Path(_mlflow().artifacts.download_artifacts(artifact_uri=ref, dst_path=str(folder)))
+    try:
+        local = Path(_mlflow().artifacts.download_artifacts(artifact_uri=ref, dst_path=str(folder)))
+    except Exception as exc:  # unknown name or alias, a store without the artifacts
+        raise InputError(f"{ref}: cannot download it from the tracking store ({_first_line(exc)})") from exc
     found = sorted(local.rglob("*.onnx"))
     if not found:
         raise InputError(f"{ref} holds no .onnx file; register an ONNX model (dlforge compress) or pass a file")
@@ -574,7 +599,7 @@ def _source_run(client: MlflowClient, ref: str) -> str:
             name, _, number = name.partition("/")
             version = client.get_model_version(name, number)
     except Exception as exc:
-        raise InputError(f"{ref} is not a registered model version in the tracking store ({exc})") from exc
+        raise InputError(f"{ref} is not a registered model version in the tracking store ({_first_line(exc)})") from exc
     run_id = version.tags.get("dlforge.source_run_id") or version.run_id
     if not run_id:
         raise InputError(f"{ref} records no source run; pass the checkpoint path instead")
@@ -636,6 +661,11 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return _clip(text.splitlines()[0] if text else type(exc).__name__, limit)
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -679,10 +709,25 @@ def _mlflow_flavor(name: str) -> Any:
 
 def lightning_callbacks(cfg: Config, run_id: str | None) -> list[Callback]:
     """The callbacks ``train()`` needs for tracking; give them on every rank (the id reaches the others)."""
-    return [TrackingCallback(run_id)] if cfg.tracking.enabled else []
+    return [_tracking_callback_class()(run_id)] if cfg.tracking.enabled else []
 
 
-class TrackingCallback(Callback):
+@functools.cache
+def _tracking_callback_class() -> type[Callback]:
+    """``TrackingCallback``: the hooks below on Lightning's ``Callback``, built on first use so that importing this
+    module imports neither Lightning nor torch (``dlforge predict models:/…`` downloads through it)."""
+    from lightning.pytorch.callbacks import Callback
+
+    return type("TrackingCallback", (_TrackingHooks, Callback), {"__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TrackingCallback":
+        return _tracking_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _TrackingHooks:
     """Per-epoch metrics of one run, from rank 0, one batch per epoch at ``step = epoch`` (0-based).
 
     Guarantees: every rank ends ``setup`` holding rank 0's run id (``strategy.broadcast``: torchrun, SLURM and
@@ -853,10 +898,11 @@ def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> Lo
     _log_batch(client, run_id, metrics={result.epochs: result.metrics}, tags=_data_tags(result.data))
     checkpoint = result.best_checkpoint or result.last_checkpoint
     module = _load_module(checkpoint) if checkpoint else None
-    with tempfile.TemporaryDirectory(prefix="dlforge-review-") as tmp:
-        files = _review_files(client, run_id, cfg, module, result, Path(tmp))
-        for path in files:
-            client.log_artifact(run_id, str(path), "review")
+    review = Path(cfg.output_dir).absolute() / "review"  # kept beside the checkpoints: reports embed them
+    review.mkdir(parents=True, exist_ok=True)
+    files = _review_files(client, run_id, cfg, module, result, review)
+    for path in files:
+        client.log_artifact(run_id, str(path), "review")
     log_artifacts(run_id, Path(cfg.output_dir) / "samples", "samples")
     if checkpoint:
         client.log_artifact(run_id, checkpoint, "checkpoints")

@@ -19,6 +19,7 @@ from dl_lightning.data import DlforgeDataModule, Splits, load_splits
 from dl_lightning.errors import InputError
 from dl_lightning.registry import build_model, monitor_for
 from pipelines.config import Config
+from pipelines.guards import fit_guards
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def train(
         num_workers=cfg.data.num_workers,
         augment=dataclasses.asdict(cfg.data.augment),
     )
+    callbacks = [*_family_callbacks(cfg), *callbacks]
     trainer, checkpoint, metrics = fit_module(
         cfg, model, datamodule, splits.spec.task, callbacks=callbacks, loggers=loggers, resume=resume, test=test
     )
@@ -125,6 +127,15 @@ def train(
         is_global_zero=trainer.is_global_zero,
         epochs=trainer.current_epoch,
     )
+
+
+def _family_callbacks(cfg: Config) -> list[Callback]:
+    """The GAN shows its progress as a grid of samples per epoch (under ``output_dir/samples``)."""
+    if cfg.model.family != "gan":
+        return []
+    from dl_lightning.modules.gan import SampleGridCallback
+
+    return [SampleGridCallback(Path(cfg.output_dir).absolute(), cfg.model.gan.sample_every_n_epochs)]
 
 
 def fit_module(
@@ -144,8 +155,9 @@ def fit_module(
     (``pipelines.compress``) both come through here.
     """
     checkpoint = _checkpoint_callback(cfg, task)
-    trainer = _make_trainer(cfg, [checkpoint, *_stopping(cfg, task), *callbacks], list(loggers))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    guards = fit_guards(checkpoint.dirpath)  # before tracking's callback: a SIGTERM save keeps unsent metrics
+    trainer = _make_trainer(cfg, [checkpoint, *_stopping(cfg, task), *guards, *callbacks], list(loggers))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)  # never unpickle code
     metrics = _test(trainer, model, datamodule, checkpoint) if test else {}
     return trainer, checkpoint, metrics
 
@@ -207,6 +219,9 @@ def _test(trainer: L.Trainer, model: L.LightningModule, datamodule, checkpoint: 
 
 class EpochLine(Callback):
     """One plain line per epoch when stdout is not a terminal (logs of cluster jobs, CI)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()  # a fit resumed mid-epoch (SLURM requeue) skips on_train_epoch_start
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()

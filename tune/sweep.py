@@ -73,6 +73,7 @@ class TrialContext:
     trial_dir: str  # absolute; the same folder on every (re)start of this trial
     checkpoint: str | None  # a Lightning checkpoint to resume from, or None for a fresh start
     workers: int = 1
+    node_id: str = ""  # the Ray node this start of the trial runs on (a cluster spreads trials over nodes)
 
     def load_state(self) -> dict[str, Any]:
         """Values saved by an earlier start of this trial (e.g. its MLflow run id); empty on the first start."""
@@ -310,7 +311,8 @@ def _trainable(trial_fn: TrialFn, settings: SweepSettings) -> Any:
         checkpoint = ray_tune.get_checkpoint()
         with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as folder:
             path = str(Path(folder) / CHECKPOINT_FILE) if folder else None
-            trial_fn(dict(config), TrialContext(trial_id, str(Path(trials_dir) / trial_id), path, workers))
+            node = ray.get_runtime_context().get_node_id()
+            trial_fn(dict(config), TrialContext(trial_id, str(Path(trials_dir) / trial_id), path, workers, node))
 
     return ray_tune.with_resources(_graceful(trainable), trial_resources(settings))
 

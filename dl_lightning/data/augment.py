@@ -25,9 +25,7 @@ def random_rotation(x: torch.Tensor, max_degrees: float) -> torch.Tensor:
     """Rotates each image about its centre by a uniform angle in ±``max_degrees``; corners fill with 0."""
     angle = (torch.rand(x.shape[0], device=x.device) * 2 - 1) * math.radians(max_degrees)  # (B,)
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-    theta = torch.stack(
-        [torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1
-    )  # (B, 2, 3)
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
 

@@ -22,9 +22,7 @@ class DlforgeDataModule(L.LightningDataModule):
     test split's ``x`` as 1-tuples ``(x,)``.
     """
 
-    def __init__(
-        self, splits: Splits, batch_size: int = 64, num_workers: int = 0, augment: dict | None = None
-    ) -> None:
+    def __init__(self, splits: Splits, batch_size: int = 64, num_workers: int = 0, augment: dict | None = None) -> None:
         super().__init__()
         self.splits = splits
         self.spec = splits.spec

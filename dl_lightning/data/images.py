@@ -29,9 +29,7 @@ def list_images(root: Path) -> tuple[list[Path], list[str]]:
     """Image files and their class names, in a stable order (classes sorted, files sorted within a class)."""
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     if not entries:
-        raise InputError(
-            f"image folder {root} is empty — put the images of each class in a subfolder named after it"
-        )
+        raise InputError(f"image folder {root} is empty — put the images of each class in a subfolder named after it")
     classes = sorted(p for p in entries if p.is_dir())
     if not classes:
         raise InputError(
@@ -43,9 +41,7 @@ def list_images(root: Path) -> tuple[list[Path], list[str]]:
     for folder in classes:
         found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise InputError(
-                f"class folder '{folder.name}' in {root} has no PNG/JPEG images — add some or remove it"
-            )
+            raise InputError(f"class folder '{folder.name}' in {root} has no PNG/JPEG images — add some or remove it")
         files += found
         labels += [folder.name] * len(found)
     return files, labels

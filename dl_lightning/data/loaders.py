@@ -6,6 +6,7 @@ numeric features are finite float32 and that ``x`` and ``y`` have as many rows.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,13 +21,36 @@ from dl_lightning.data.spec import Kind, Task
 from dl_lightning.data.tables import read_table
 from dl_lightning.errors import InputError
 
-# name → (sklearn loader, kind, task); all ship with scikit-learn, so nothing is downloaded.
+PYTHON_DOCS_TOPICS = ("compound", "debugger", "specialnames", "types")
+
+
+def load_python_docs() -> RawData:
+    """Sentences of Python's own reference manual (``pydoc_data``, shipped with CPython), labelled by topic.
+
+    A real text corpus that needs no download: ~1,100 sentences about statements, pdb, special methods and
+    built-in types.
+    """
+    from pydoc_data.topics import topics
+
+    texts, labels = [], []
+    for label, topic in enumerate(PYTHON_DOCS_TOPICS):
+        sentences = re.split(r"(?<=[.!?])\s+", topics[topic])
+        kept = [" ".join(s.split()) for s in sentences if 6 <= len(s.split()) <= 60]
+        texts += kept
+        labels += [label] * len(kept)
+    y = np.array(labels, dtype=np.int64)
+    x = np.array(texts, dtype=object)
+    return RawData(x, y, "text", "builtin:python_docs", task="classification", class_names=PYTHON_DOCS_TOPICS)
+
+
+# name → (loader, kind, task): scikit-learn's bundled sets and CPython's own docs, so nothing is downloaded.
 BUILTINS: dict[str, tuple[Callable, Kind, Task]] = {
     "digits": (datasets.load_digits, "image", "classification"),
     "breast_cancer": (datasets.load_breast_cancer, "tabular", "classification"),
     "wine": (datasets.load_wine, "tabular", "classification"),
     "iris": (datasets.load_iris, "tabular", "classification"),
     "diabetes": (datasets.load_diabetes, "tabular", "regression"),
+    "python_docs": (load_python_docs, "text", "classification"),
 }
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 _KIND_BY_NDIM: dict[int, Kind] = {2: "tabular", 3: "sequence", 4: "image"}
@@ -41,9 +65,7 @@ def read_source(
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise InputError(
-                f"data source {source} does not exist — set data.source to a file, folder or builtin:NAME"
-            )
+            raise InputError(f"data source {source} does not exist — set data.source to a file, folder or builtin:NAME")
         if path.is_dir():
             raw = read_image_folder(path, image_size)
         elif path.suffix.lower() in TABLE_SUFFIXES:
@@ -52,8 +74,7 @@ def read_source(
             raw = read_npz(path)
         else:
             raise InputError(
-                f"unsupported file type '{path.suffix}' of {path.name} "
-                "— use .csv, .parquet, .npz or an image folder"
+                f"unsupported file type '{path.suffix}' of {path.name} — use .csv, .parquet, .npz or an image folder"
             )
     return shape_for_kind(raw, kind)
 
@@ -62,10 +83,10 @@ def load_builtin(name: str) -> RawData:
     """One of :data:`BUILTINS`; digits come as 8×8 single-channel images with pixel values 0..16."""
     if name not in BUILTINS:
         valid = ", ".join(f"builtin:{n}" for n in BUILTINS)
-        raise InputError(
-            f"unknown builtin data set 'builtin:{name}'; valid ones are: {valid} — set data.source"
-        )
+        raise InputError(f"unknown builtin data set 'builtin:{name}'; valid ones are: {valid} — set data.source")
     loader, kind, task = BUILTINS[name]
+    if kind == "text":
+        return loader()
     bunch = loader()
     x = bunch.images[:, None] if kind == "image" else bunch.data  # (N, 1, 8, 8) or (N, F)
     names = tuple(str(n) for n in bunch.target_names) if task == "classification" else ()
@@ -79,49 +100,34 @@ def read_npz(path: Path) -> RawData:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise InputError(
-            f"cannot read {path.name} as .npz ({first_line(err)}) — save it with numpy.savez"
-        ) from err
+        raise InputError(f"cannot read {path.name} as .npz ({first_line(err)}) — save it with numpy.savez") from err
     missing = [key for key in ("x", "y") if key not in arrays]
     if missing:
         held = ", ".join(arrays) or "nothing"
-        raise InputError(
-            f"{path.name} has no array {' or '.join(missing)} (it holds: {held}) — save x= and y="
-        )
+        raise InputError(f"{path.name} has no array {' or '.join(missing)} (it holds: {held}) — save x= and y=")
     if ("x_test" in arrays) != ("y_test" in arrays):
-        raise InputError(
-            f"{path.name} has only one of x_test, y_test — save both for a fixed test split, or neither"
-        )
+        raise InputError(f"{path.name} has only one of x_test, y_test — save both for a fixed test split, or neither")
     x, y = _checked_pair(arrays, "x", "y", path.name)
     if "x_test" not in arrays:
         return RawData(x, y, _kind_of(x, path.name), path.name)
     x_test, y_test = _checked_pair(arrays, "x_test", "y_test", path.name)
     if x_test.shape[1:] != x.shape[1:]:
         raise InputError(
-            f"x_test in {path.name} has examples of shape {x_test.shape[1:]} but x has {x.shape[1:]} "
-            "— make them equal"
+            f"x_test in {path.name} has examples of shape {x_test.shape[1:]} but x has {x.shape[1:]} — make them equal"
         )
     return RawData(x, y, _kind_of(x, path.name), path.name, x_test=x_test, y_test=y_test)
 
 
-def _checked_pair(
-    arrays: dict[str, np.ndarray], x_key: str, y_key: str, name: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _checked_pair(arrays: dict[str, np.ndarray], x_key: str, y_key: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Features as finite float32, targets as a 1-D array of the same length."""
     x, y = arrays[x_key], arrays[y_key]
     if x.ndim < 2:
-        raise InputError(
-            f"array '{x_key}' in {name} has shape {x.shape}; it needs one row per example, (N, F) or more"
-        )
+        raise InputError(f"array '{x_key}' in {name} has shape {x.shape}; it needs one row per example, (N, F) or more")
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y  # (N, 1) is a common way to save targets
     if y.ndim != 1:
-        raise InputError(
-            f"array '{y_key}' in {name} has shape {y.shape}; it must be one target per row, (N,)"
-        )
+        raise InputError(f"array '{y_key}' in {name} has shape {y.shape}; it must be one target per row, (N,)")
     if len(x) != len(y):
-        raise InputError(
-            f"'{x_key}' has {len(x)} rows but '{y_key}' has {len(y)} in {name} — make them equal"
-        )
+        raise InputError(f"'{x_key}' has {len(x)} rows but '{y_key}' has {len(y)} in {name} — make them equal")
     check_finite(x, f"array '{x_key}'", name)
     if y.dtype.kind == "f":
         check_finite(y, f"array '{y_key}'", name)
@@ -158,6 +164,4 @@ def _reshape(x: np.ndarray, kind: Kind, name: str) -> np.ndarray:
         return x[:, None]  # (N, H, W) → (N, 1, H, W)
     if x.ndim == {"sequence": 3, "image": 4}[kind]:
         return x
-    raise InputError(
-        f"{name} has examples of shape {x.shape[1:]}, which cannot be read as {kind} — set data.kind"
-    )
+    raise InputError(f"{name} has examples of shape {x.shape[1:]}, which cannot be read as {kind} — set data.kind")

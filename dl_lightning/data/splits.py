@@ -68,9 +68,7 @@ def load_splits(
     train, val, test = split_rows(raw, y, y_test, task_, val_fraction, test_fraction, seed)
     vocab: tuple[str, ...] = ()
     if raw.kind == "text":
-        vocab = build_vocab(
-            train[0], max_vocab
-        )  # from train only: val/test words the model never saw stay <unk>
+        vocab = build_vocab(train[0], max_vocab)  # from train only: val/test words the model never saw stay <unk>
         train, val, test = ((encode(x, vocab, max_len), y) for x, y in (train, val, test))
     mean, std = fit_normalization(train[0], raw.kind)
     spec = DataSpec(
@@ -101,13 +99,10 @@ def _check_arguments(
         raise InputError(f"unknown task '{task}'; valid ones are: {', '.join(TASKS)} — set data.task")
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise InputError(
-            f"val_fraction={val_fraction}, test_fraction={test_fraction}: "
-            "each must be in (0, 1) and their sum below 1"
+            f"val_fraction={val_fraction}, test_fraction={test_fraction}: each must be in (0, 1) and their sum below 1"
         )
     if max_len < 1 or max_vocab < 2:
-        raise InputError(
-            f"max_len={max_len} must be ≥ 1 and max_vocab={max_vocab} ≥ 2 — set data.max_len/max_vocab"
-        )
+        raise InputError(f"max_len={max_len} must be ≥ 1 and max_vocab={max_vocab} ≥ 2 — set data.max_len/max_vocab")
 
 
 def fingerprint_arrays(*arrays: np.ndarray | None) -> str:
@@ -174,9 +169,7 @@ def split_rows(
     """Seeded train/val/test split; a fixed test split from the source is kept and only val is split off."""
     n = len(raw.x)
     if n < MIN_ROWS:
-        raise InputError(
-            f"{raw.name} has only {n} rows; at least {MIN_ROWS} are needed to split train/val/test"
-        )
+        raise InputError(f"{raw.name} has only {n} rows; at least {MIN_ROWS} are needed to split train/val/test")
     stratify = task == "classification"
     rows = np.arange(n)
     if raw.x_test is None or y_test is None:
@@ -186,9 +179,7 @@ def split_rows(
         test_pair = (raw.x_test, y_test)
     train_rows, val_rows = _hold_out(rows, y, _count(n, val), stratify, seed)
     if len(train_rows) == 0:
-        raise InputError(
-            f"val_fraction + test_fraction leave no training rows of {n} in {raw.name} — lower them"
-        )
+        raise InputError(f"val_fraction + test_fraction leave no training rows of {n} in {raw.name} — lower them")
     return (raw.x[train_rows], y[train_rows]), (raw.x[val_rows], y[val_rows]), test_pair
 
 

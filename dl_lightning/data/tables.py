@@ -56,9 +56,7 @@ def pick_target(frame: pd.DataFrame, target: str | None, name: str) -> str:
     if target is None:
         return next((c for c in DEFAULT_TARGETS if c in columns), columns[-1])
     if target not in columns:
-        raise InputError(
-            f"target column '{target}' not in {name}; columns are: {', '.join(columns)} — set data.target"
-        )
+        raise InputError(f"target column '{target}' not in {name}; columns are: {', '.join(columns)} — set data.target")
     return target
 
 
@@ -66,9 +64,7 @@ def target_values(column: pd.Series, target: str, name: str) -> np.ndarray:
     """Labels as a plain numpy array: bool, int64, float64, or strings (object) for anything else."""
     missing = int(column.isna().sum())
     if missing:
-        raise InputError(
-            f"target column '{target}' in {name} has {missing} missing values — fill or drop those rows"
-        )
+        raise InputError(f"target column '{target}' in {name} has {missing} missing values — fill or drop those rows")
     if pd.api.types.is_bool_dtype(column):
         return column.to_numpy(dtype=bool)
     if pd.api.types.is_integer_dtype(column):
@@ -109,8 +105,7 @@ def pick_text_column(features: pd.DataFrame, text_column: str | None, name: str)
     if text_column is not None:
         if text_column not in columns:
             raise InputError(
-                f"text column '{text_column}' not in {name}; columns are: {', '.join(columns)} "
-                "— set data.text_column"
+                f"text column '{text_column}' not in {name}; columns are: {', '.join(columns)} — set data.text_column"
             )
         return text_column
     candidates = _string_columns(features)
@@ -118,9 +113,7 @@ def pick_text_column(features: pd.DataFrame, text_column: str | None, name: str)
         candidates = [c for c in candidates if _looks_like_text(features[c])]
     if len(candidates) != 1:
         found = ", ".join(candidates) if candidates else "none"
-        raise InputError(
-            f"cannot tell the text column of {name} (candidates: {found}) — set data.text_column"
-        )
+        raise InputError(f"cannot tell the text column of {name} (candidates: {found}) — set data.text_column")
     return candidates[0]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from typing import Any
 
 from dl_lightning.errors import InputError
@@ -29,7 +30,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise InputError(f"--repeats must be ≥ 1; got {args.repeats}")
     check_writable(Path(args.out).parent)
-    report = run_benchmarks(list(args.only or NAMES), BenchContext(repeats=args.repeats, quick=args.quick), args.out)
+    ctx = BenchContext(repeats=args.repeats, quick=args.quick)
+    try:
+        report = run_benchmarks(list(args.only or NAMES), ctx, args.out)
+    finally:
+        shutil.rmtree(ctx.workdir, ignore_errors=True)  # checkpoints, ONNX files, sweeps: scratch only
     for bench in report["benchmarks"]:
         for row in bench["rows"]:
             if row["met"] is not None:

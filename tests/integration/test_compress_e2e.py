@@ -49,3 +49,56 @@ def test_train_then_compress(cli, tiny, tmp_path, source, family, recipe):
     assert {g["name"] for g in summary["gates"]} >= {"teacher parity", "teacher INT8 drop", "student drop"}
     for key in ("teacher", "teacher-int8", "student", "student-int8"):
         assert Path(summary["paths"][key]).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_registry_round_trip_train_compress_predict(cli, tiny, tmp_path, store):
+    """train (registered) → compress --teacher models:/…@candidate → ONNX version registered → predict through it."""
+    import numpy as np
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from pipelines import export
+    from tests.conftest import run_dlforge
+
+    tracked = [o for o in tiny if not o.startswith("tracking.")] + [f"tracking.uri={store}"]
+    data = ["data.source=builtin:breast_cancer", "model.family=mlp"]
+    code, _, err = cli("train", *tracked, *data, "tracking.register=true")
+    assert code == 0, err
+    out = tmp_path / "compressed"
+    teacher = "models:/dlforge-mlp@candidate"
+    code, stdout, err = cli("compress", *tracked, *data, *SHORT, *LENIENT, f"output_dir={out}", "--teacher", teacher)
+    assert code == 0, err
+    assert "models:/dlforge-mlp-onnx@candidate" in stdout
+
+    client = MlflowClient(tracking_uri=store)
+    summary = json.loads((out / "summary.json").read_text())
+    teacher_run = client.get_model_version_by_alias("dlforge-mlp", "candidate").run_id
+    assert summary["teacher_run_id"] == teacher_run and summary["registered"]["model"] == "teacher-int8"
+    version = client.get_model_version_by_alias("dlforge-mlp-onnx", "candidate")
+    assert version.tags["dlforge.teacher_run_id"] == teacher_run
+    assert version.tags["dlforge.compress_run_id"] == summary["mlflow_run_id"] == version.run_id
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["compress/passed"] == 1.0 and "compress/student_int8_onnx/acc" in run.data.metrics
+    logged = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert sorted(m.name for m in logged) == ["student", "student-int8", "teacher", "teacher-int8"]
+
+    from sklearn.datasets import load_breast_cancer
+
+    x = load_breast_cancer().data[:20].astype(np.float32)
+    pd.DataFrame(x).to_csv(tmp_path / "in.csv", index=False)
+    done = run_dlforge(
+        "predict",
+        "models:/dlforge-mlp-onnx@candidate",
+        str(tmp_path / "in.csv"),
+        f"tracking.uri={store}",
+        "--output",
+        str(tmp_path / "p.csv"),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    int8 = summary["paths"]["teacher-int8"]
+    names = np.array(export.read_metadata(int8)["class_names"])
+    expected = names[export.run_session(export.open_session(int8), x).argmax(1)]
+    assert (pd.read_csv(tmp_path / "p.csv")["prediction"].astype(str).to_numpy() == expected.astype(str)).all()

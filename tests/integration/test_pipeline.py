@@ -50,7 +50,8 @@ def _wait_for_stage(state_file, stage, proc, limit=600):
 def test_pipeline_killed_after_training_resumes_and_finishes(tmp_path):
     command = [sys.executable, "-m", "pipelines", *_args(tmp_path)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    first = subprocess.Popen(command, env=env, start_new_session=True, **quiet)
     try:
         _wait_for_stage(tmp_path / "out" / "pipeline_state.json", "train", first)
     finally:

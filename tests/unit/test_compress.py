@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +22,7 @@ from dl_lightning.errors import InputError
 from dl_lightning.registry import build_model
 from pipelines import compress as comp
 
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = DataSpec("tabular", "classification", (6,), 3, mean=(0.0,) * 6, std=(1.0,) * 6)
 
 
@@ -137,3 +143,193 @@ def test_failed_gate_exits_1_and_says_why(cli, tiny, monkeypatch, tmp_path):
 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["passed"] is False and summary["gates"][0]["name"] == "teacher INT8 drop"
+
+
+# ---------------------------------------------------------------- tracking: teacher refs, logging, registry
+
+LATENCY = dict.fromkeys(("b1_p50", "b1_p95", "b64_p50", "b64_p95"), 1.0)
+NAMED = DataSpec("tabular", "classification", (6,), 3, ("a", "b", "c"), (0.0,) * 6, (1.0,) * 6)
+PREDICT_WITHOUT_TORCH = """
+import sys
+from pipelines.cli import main
+code = main(sys.argv[1:])
+assert "torch" not in sys.modules, "predict imported torch"
+sys.exit(code)
+"""
+
+
+def _tracked_cfg(store, tmp_path, *overrides):
+    from pipelines.config import load_config
+
+    return load_config(None, [f"tracking.uri={store}", f"output_dir={tmp_path / 'out'}", *overrides])
+
+
+def _tiny_onnx(path, seed=0):
+    """A two-node ONNX classifier with dlforge metadata: logging and registering need no real export."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipelines import export
+
+    rng = np.random.default_rng(seed)
+    weights = [numpy_helper.from_array(rng.standard_normal(s).astype("f4"), n) for n, s in (("w", (6, 3)), ("b", (3,)))]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    export.set_metadata(model, export.model_metadata(NAMED.to_dict(), family="mlp", role="teacher", source_run_id=None))
+    onnx.save(model, str(path))
+    return path
+
+
+def _result(tmp_path, *, passed: bool):
+    """A compress result over real (tiny) fp32 and INT8 files, its report written, and the probe it was measured on."""
+    from pipelines import export
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    fp32 = _tiny_onnx(folder / "teacher.onnx")
+    int8 = export.quantize_onnx(fp32, folder / "teacher-int8.onnx", recipe="dynamic")
+    x = np.random.default_rng(1).standard_normal((16, 6)).astype("f4")
+    y = export.run_session(export.open_session(fp32), x).argmax(1)
+    probe = comp.Probe(x, y, [x], [x], "classification")
+    rows = [
+        comp.Row("teacher fp32 (PyTorch)", "pytorch", 21, 84, 1.0, LATENCY, key="teacher_fp32_pytorch"),
+        comp.Row("teacher fp32 (ONNX)", "onnxruntime", 21, 90, 1.0, LATENCY, 0.0, str(fp32), "teacher_fp32_onnx"),
+        comp.Row("teacher INT8 (dynamic)", "onnxruntime", 21, 80, 0.99, LATENCY, None, str(int8), "teacher_int8_onnx"),
+    ]
+    gates = [comp.Gate("teacher parity", True, "ok"), comp.Gate("teacher INT8 drop", passed, "drop +1.00 points")]
+    md, js = comp.write_report(
+        tmp_path, {"metric": "test/acc", "teacher": {"checkpoint": "t.ckpt", "family": "mlp"}}, rows, gates
+    )
+    files = {"teacher": str(fp32), "teacher-int8": str(int8)}
+    result = comp.CompressResult(str(tmp_path), "test/acc", rows, gates, files, str(md), str(js), "f" * 32)
+    teacher = comp.Teacher(None, "t.ckpt", "mlp", NAMED, {}, "f" * 32)
+    return result, teacher, probe
+
+
+def test_passing_models_are_logged_and_the_shipped_one_registered(store, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines import export, tracking
+
+    cfg = _tracked_cfg(store, tmp_path, "model.family=cnn")  # the teacher's family names the model, not the config's
+    result, teacher, probe = _result(tmp_path, passed=True)
+    with tracking.job_run(cfg, kind="pipeline") as parent, comp._tracked(cfg, teacher, parent) as run_id:
+        result = comp.log_result(cfg, run_id, teacher, probe, result)
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["dlforge.teacher_run_id"] == "f" * 32
+    assert run.data.tags["dlforge.family"] == "mlp" and run.data.tags["dlforge.gates"] == "passed"
+    metrics = run.data.metrics
+    assert metrics["compress/teacher_int8_onnx/acc"] == 0.99 and metrics["compress/teacher_fp32_pytorch/params"] == 21
+    assert metrics["compress/gate/teacher_int8_drop"] == 1.0 and metrics["compress/passed"] == 1.0
+    assert {a.path for a in client.list_artifacts(run_id, "compress")} == {
+        "compress/compress_report.md",
+        "compress/compress_report.json",
+    }
+
+    assert result.registered == {
+        "name": "dlforge-mlp-onnx",
+        "version": "1",
+        "alias": "candidate",
+        "uri": "models:/dlforge-mlp-onnx@candidate",
+        "model": "teacher-int8",
+    }
+    version = client.get_model_version_by_alias("dlforge-mlp-onnx", "candidate")
+    assert version.tags["dlforge.teacher_run_id"] == "f" * 32 and version.tags["dlforge.compress_run_id"] == run_id
+    assert version.tags["dlforge.model"] == "teacher-int8" and version.tags["dlforge.quantization"] == "dynamic"
+    assert version.tags["metric.test/acc"] == "0.99" and version.tags["dlforge.gates"] == "passed"
+
+    # the round trip: the registry alias serves the INT8 file's predictions, through pyfunc and as a plain .onnx
+    x = probe.test_x[:5]
+    expected = export.run_session(export.open_session(result.files["teacher-int8"]), x)
+    served = mlflow.pyfunc.load_model("models:/dlforge-mlp-onnx@candidate").predict(x)
+    served = next(iter(served.values())) if isinstance(served, dict) else served
+    np.testing.assert_allclose(np.asarray(served), expected, rtol=1e-6, atol=1e-6)
+    local = tracking.download_onnx("models:/dlforge-mlp-onnx@candidate", cfg, dest=tmp_path / "dl")
+    assert export.read_metadata(local)["quantization"] == "dynamic"
+    np.testing.assert_allclose(export.run_session(export.open_session(local), x), expected, rtol=1e-6, atol=1e-6)
+
+    # dlforge predict on the registry URI: downloads through tracking, never imports torch
+    import pandas as pd
+
+    pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]).to_csv(tmp_path / "in.csv", index=False)
+    done = subprocess.run(
+        [sys.executable, "-c", PREDICT_WITHOUT_TORCH, "predict", "models:/dlforge-mlp-onnx@candidate"]
+        + [str(tmp_path / "in.csv"), f"tracking.uri={store}", "--output", str(tmp_path / "p.csv")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (pd.read_csv(tmp_path / "p.csv")["prediction"] == np.array(["a", "b", "c"])[expected.argmax(1)]).all()
+
+
+def test_a_failed_gate_registers_nothing(store, tmp_path):
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    cfg = _tracked_cfg(store, tmp_path)
+    result, teacher, probe = _result(tmp_path, passed=False)
+    with tracking.job_run(cfg, kind="compress") as run_id:
+        result = comp.log_result(cfg, run_id, teacher, probe, result)
+    client = MlflowClient(tracking_uri=store)
+    assert result.registered is None and client.search_registered_models() == []
+    assert not client.search_logged_models([client.get_run(run_id).info.experiment_id])  # no ONNX flavor either
+    assert {a.path for a in client.list_artifacts(run_id, "onnx")} == {"onnx/teacher.onnx", "onnx/teacher-int8.onnx"}
+    run = client.get_run(run_id)
+    assert run.data.tags["dlforge.gates"] == "failed" and run.data.metrics["compress/passed"] == 0.0
+
+
+def test_registered_key_follows_the_config_and_the_family(tmp_path):
+    from pipelines.config import load_config
+
+    teacher, gan = (comp.Teacher(None, "t.ckpt", f, SPEC, {}, None) for f in ("mlp", "gan"))
+    cfg = lambda *o: load_config(None, list(o))  # noqa: E731
+    assert comp.registered_key(cfg(), teacher) == "teacher-int8"
+    assert comp.registered_key(cfg(), gan) == "generator-int8"
+    assert comp.registered_key(cfg("compress.register=student-int8"), teacher) == "student-int8"
+    assert comp.registered_key(cfg("compress.quantization=none"), teacher) == "teacher"
+    assert comp.registered_key(cfg("compress.register=none"), teacher) is None
+    assert comp.registered_key(cfg("tracking.enabled=false"), teacher) is None
+    with pytest.raises(InputError, match="compress.epochs=0"):
+        comp.registered_key(cfg("compress.register=student", "compress.epochs=0"), teacher)
+    with pytest.raises(InputError, match="GAN"):
+        comp.registered_key(cfg("compress.register=student-int8"), gan)
+
+
+def test_metric_names_do_not_depend_on_the_recipe():
+    def metrics(recipe):
+        row = comp.Row(f"teacher INT8 ({recipe})", "onnxruntime", 1, 2, 0.5, LATENCY, key="teacher_int8_onnx")
+        return comp.report_metrics(comp.CompressResult("o", "test/acc", [row], [], {}, "m", "j", None))
+
+    assert metrics("static").keys() == metrics("dynamic").keys()
+    assert "compress/teacher_int8_onnx/acc" in metrics("static")
+    assert "compress/teacher_int8_onnx/latency_b1_p50_ms" in metrics("static")
+
+
+def test_teacher_run_ids_and_registry_refs_resolve_in_the_configured_store(store, tmp_path, cli, tiny, capsys):
+    from pipelines import tracking
+
+    cfg = _tracked_cfg(store, tmp_path)
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"weights")
+    with tracking.job_run(cfg, kind="train") as run_id:
+        tracking.log_artifact(run_id, ckpt, "checkpoints")
+    path, source = comp.resolve_teacher(run_id, cfg)
+    assert source == run_id and Path(path).read_bytes() == b"weights"
+    assert Path(path).is_relative_to(tmp_path / "out" / "teacher")  # kept with the outputs, not in /tmp
+    with pytest.raises(InputError, match="^teacher models:/nope@candidate is not a registered model"):
+        comp.resolve_teacher("models:/nope@candidate", cfg)
+    capsys.readouterr()  # MLflow's download progress bar above
+    for bad in ("models:/nope@candidate", "0" * 32):
+        code, _, err = cli("compress", *tiny, f"tracking.uri={store}", "--teacher", bad)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and bad in err, err

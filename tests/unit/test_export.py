@@ -33,6 +33,17 @@ SPECS = {
 }
 
 
+# Small nets: export time grows with depth (dynamo traces every layer); parity and quantizability do not need size.
+# Wide enough that the INT8 weights outweigh the quantization parameters they add.
+SMALL = {
+    "mlp": {"hidden": (64, 32)},
+    "cnn": {"channels": (8, 16), "hidden": 32},
+    "rnn": {"hidden_size": 32, "num_layers": 1, "embed_dim": 16},
+    "transformer": {"d_model": 32, "nhead": 2, "num_layers": 1, "dim_feedforward": 64},
+    "gan": {"latent_dim": 16, "width": 16},
+}
+
+
 def inputs_for(spec: DataSpec, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if spec.kind == "text":
@@ -56,7 +67,8 @@ def exports(tmp_path_factory):
 def _export(family: str, folder: Path) -> tuple[torch.nn.Module, Path, DataSpec]:
     torch.manual_seed(0)
     spec = SPECS[family]
-    module = build_model(family, spec, dataclasses.replace(ModelConfig(), family=family).arch(), {})
+    arch = dataclasses.replace(ModelConfig(), family=family).arch() | SMALL[family]
+    module = build_model(family, spec, arch, {})
     net, example = module.eval().export_net()
     meta = export.model_metadata(spec.to_dict(), family=family, role="teacher", source_run_id="abc123")
     path = export.export_onnx(

@@ -1,3 +1,5 @@
+import pytest
+
 from pipelines.ledger import StageLedger, stage_key
 
 
@@ -29,10 +31,8 @@ def test_interrupted_stage_is_known_as_started(tmp_path):
     def crash():
         raise KeyboardInterrupt
 
-    try:
+    with pytest.raises(KeyboardInterrupt):
         ledger.once("train", "k1", crash)
-    except KeyboardInterrupt:
-        pass
     reopened = StageLedger(tmp_path / "s.json")
     assert reopened.started_with("train", "k1")
     assert not reopened.started_with("train", "other")

@@ -22,20 +22,6 @@ from pipelines.config import Config, build_config
 from pipelines.plots import classification_review, plot_learning_curves, plot_residuals
 
 
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory) -> Path:
-    """An empty store with MLflow's tables made once: its migrations take seconds, a file copy takes none."""
-    path = tmp_path_factory.mktemp("store") / "template.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(tmp_path: Path, migrated_db: Path) -> str:
-    shutil.copyfile(migrated_db, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path}/mlflow.db"
-
-
 @pytest.fixture
 def cfg(store: str, tmp_path: Path) -> Config:
     return build_config({}, {"tracking.uri": store, "output_dir": str(tmp_path / "out"), "model.family": "mlp"})

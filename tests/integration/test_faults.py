@@ -1,0 +1,189 @@
+"""Faults from outside, with real processes: kill -9 and resume, SIGTERM, 8 writers on one SQLite store, a trial
+that runs past its timeout. Tiny data (digits, a small MLP), hard timeouts; MLflow in a temp sqlite file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+pytestmark = [pytest.mark.slow]
+
+EPOCHS = 6
+
+
+def train_args(tmp_path: Path, name: str) -> list[str]:
+    return [
+        "train",
+        "data.source=builtin:digits",
+        "model.family=mlp",
+        "model.mlp.hidden=[64]",
+        "data.batch_size=64",
+        f"trainer.max_epochs={EPOCHS}",
+        "trainer.threads=1",
+        f"output_dir={tmp_path / name}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.experiment={name}",
+    ]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    """``dlforge`` as a child in its own process group (what a scheduler kills), stdout as plain epoch lines."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def wait_for_epoch(proc: subprocess.Popen, epoch: int) -> None:
+    """Read epoch lines until ``epoch``'s line. Its checkpoint may still be in the writing (ModelCheckpoint's hook
+    runs after the line's), so epoch ``epoch - 1`` is the last one known to be on disk."""
+    for line in proc.stdout:
+        if line.startswith(f"epoch {epoch}/"):
+            return
+    raise AssertionError(f"the job ended before epoch {epoch}: {proc.wait()} {proc.stderr.read()[-2000:]}")
+
+
+def only_run(tmp_path: Path, experiment: str):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, run
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_then_resume_auto_continues_the_same_run_with_no_gap_and_the_same_score(tmp_path):
+    baseline = start(train_args(tmp_path, "whole"))  # uninterrupted, same seed, alongside
+    victim = start(train_args(tmp_path, "killed"))
+    wait_for_epoch(victim, 3)
+    os.killpg(victim.pid, signal.SIGKILL)
+    assert victim.wait(timeout=30) == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] >= 1  # epochs 1 and 2 (at least) checkpointed (0-based)
+
+    resumed = start([*train_args(tmp_path, "killed"), "--resume", "auto"])
+    out, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err[-3000:]
+    out, err = baseline.communicate(timeout=240)
+    assert baseline.returncode == 0, err[-3000:]
+
+    client, run = only_run(tmp_path, "killed")  # one run: the resumed job continued it
+    assert run.info.status == "FINISHED" and run.data.tags.get("dlforge.resumed") == "true"
+    for metric in ("val/acc", "train/loss", "epoch"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
+        assert steps == list(range(EPOCHS)), (metric, steps)  # no gap, no duplicate
+    _, whole = only_run(tmp_path, "whole")
+    killed_acc, whole_acc = run.data.metrics["test/acc"], whole.data.metrics["test/acc"]
+    assert abs(killed_acc - whole_acc) <= 0.03, (killed_acc, whole_acc)  # within noise: ±3 points
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["mlflow_run_id"] == run.info.run_id
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_saves_a_checkpoint_marks_the_run_killed_and_exits_143(tmp_path):
+    job = start(train_args(tmp_path, "preempted"))
+    wait_for_epoch(job, 1)
+    sent = time.time()
+    job.send_signal(signal.SIGTERM)  # what SLURM sends a preempted job step
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    last = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
+    assert last.stat().st_mtime >= sent  # written at the signal, not the epoch-1 file
+    saved = torch.load(last, weights_only=True)
+    _, run = only_run(tmp_path, "preempted")
+    assert run.info.status == "KILLED"
+    assert saved["dlforge_tracking"]["run_id"] == run.info.run_id  # a requeued job continues this run
+
+
+WRITERS = textwrap.dedent(
+    """
+    import multiprocessing as mp, sys
+    from pipelines import tracking
+    from pipelines.config import build_config
+
+    URI, STEPS = sys.argv[1], int(sys.argv[2])
+
+    def worker(args):
+        i, barrier = args
+        cfg = build_config({}, {"tracking.uri": URI, "output_dir": f"/tmp/unused-{i}", "seed": i})
+        barrier.wait()  # all eight open the new store and log at the same moment
+        with tracking.job_run(cfg, kind="trial", name=f"writer {i}") as run_id:
+            for step in range(STEPS):
+                tracking.log_metrics(run_id, {f"val/m{k}": step + k / 10 for k in range(5)}, step=step)
+        return run_id
+
+    if __name__ == "__main__":
+        ctx = mp.get_context("fork")  # mlflow is imported once, in the parent; the store is opened by the children
+        with ctx.Manager() as manager:
+            barrier = manager.Barrier(8)
+            with ctx.Pool(8) as pool:
+                print("\\n".join(pool.map(worker, [(i, barrier) for i in range(8)])))
+    """
+)
+
+
+@pytest.mark.timeout(240)
+def test_eight_processes_logging_at_once_to_a_new_sqlite_store_lose_nothing(tmp_path):
+    script, uri, steps = tmp_path / "writers.py", f"sqlite:///{tmp_path / 'shared.db'}", 20
+    script.write_text(WRITERS)
+    done = subprocess.run(
+        [sys.executable, str(script), uri, str(steps)], capture_output=True, text=True, timeout=220, cwd=os.getcwd()
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "database is locked" not in done.stderr
+    run_ids = done.stdout.split()
+    assert len(set(run_ids)) == 8
+    client = MlflowClient(tracking_uri=uri)
+    for run_id in run_ids:
+        assert client.get_run(run_id).info.status == "FINISHED"
+        for k in range(5):
+            history = client.get_metric_history(run_id, f"val/m{k}")
+            assert sorted(m.step for m in history) == list(range(steps))  # no lost and no doubled metric
+
+
+@pytest.mark.timeout(240)
+def test_a_trial_running_past_trial_timeout_is_stopped_and_recorded(tmp_path, cli):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code, out, err = cli(
+            "tune",
+            f"output_dir={tmp_path / 'sweep'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "tracking.experiment=timeout",
+            "data.source=builtin:digits",
+            "model.family=mlp",
+            "model.mlp.hidden=[32]",
+            "trainer.max_epochs=500",  # a trial that would run for minutes
+            "tune.space={optim.lr: {choice: [0.001]}}",
+            "tune.num_samples=1",
+            "tune.scheduler=fifo",
+            "tune.trial_timeout_s=3",
+            "tune.resources_per_trial.cpu=0.5",
+        )
+    finally:
+        ray.shutdown()
+    assert code == 0, err
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    (trial,) = summary["trials"]
+    assert trial["status"] == "stopped" and 1 <= trial["epochs"] < 500
+    assert summary["stopped_early"] == [trial["trial_id"]] and summary["errored"] == []
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("timeout").experiment_id])
+    child = next(r for r in runs if r.data.tags.get("dlforge.kind") == "trial")
+    assert child.info.status == "FINISHED"  # ended, not left RUNNING
+    assert len(client.get_metric_history(child.info.run_id, "val/acc")) == trial["epochs"]
