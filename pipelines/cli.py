@@ -276,7 +276,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         mlflow_run_id=result.run_id,
         registered=result.registered,
     )
-    if result.registered:
+    if result.registered and "uri" in result.registered:
         print(f"  {'registered':<18} {result.registered['uri']} (version {result.registered['version']})")
     print(f"  {'report':<18} {result.report_md}\n  {'summary':<18} {summary}")
     if not result.passed:

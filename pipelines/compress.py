@@ -598,12 +598,31 @@ def log_result(
         return result
     uris = {key: _log_onnx(run_id, key, Path(path), teacher, probe) for key, path in result.files.items()}
     tracking.set_tags(run_id, {"dlforge.gates": "passed"})
+    name = registered_model_name(cfg, teacher.family)
+    versions = {key: _register(name, key, uris[key], run_id, teacher, result) for key in uris}
+    tracking.set_tags(run_id, {"dlforge.registered": ", ".join(f"{name}/{v}" for v in versions.values())})
     key = registered_key(cfg, teacher)
     if key is None:
-        return result
+        return dataclasses.replace(result, registered={"name": name, "versions": versions})
+    tracking.set_alias(name, tracking.CANDIDATE, versions[key])
+    registered = {
+        "name": name,
+        "version": versions[key],
+        "alias": tracking.CANDIDATE,
+        "uri": f"models:/{name}@{tracking.CANDIDATE}",
+        "model": key,
+        "versions": versions,
+    }
+    return dataclasses.replace(result, registered=registered)
+
+
+# Each shipped file is a version of <experiment>-<family>-onnx under its own alias (the generator counts as teacher).
+ONNX_ALIASES = {"teacher": "fp32", "teacher-int8": "int8", "student": "student", "student-int8": "student-int8"}
+
+
+def _register(name: str, key: str, uri: str, run_id: str, teacher: Teacher, result: CompressResult) -> str:
     row = next(r for r in result.rows if r.file == result.files[key])
     meta = export.read_metadata(row.file)
-    name = registered_model_name(cfg, teacher.family)
     tags = {
         "dlforge.model": key,
         "dlforge.family": meta["family"],
@@ -615,16 +634,8 @@ def log_result(
     }
     if row.metric is not None and result.metric:
         tags[f"metric.{result.metric}"] = f"{row.metric:.6g}"
-    version = tracking.register_model(uris[key], name=name, run_id=run_id, alias=tracking.CANDIDATE, tags=tags)
-    registered = {
-        "name": name,
-        "version": version,
-        "alias": tracking.CANDIDATE,
-        "uri": f"models:/{name}@{tracking.CANDIDATE}",
-        "model": key,
-    }
-    tracking.set_tags(run_id, {"dlforge.registered": f"{name}/{version}"})
-    return dataclasses.replace(result, registered=registered)
+    alias = ONNX_ALIASES[key.replace("generator", "teacher")]
+    return tracking.register_model(uri, name=name, run_id=run_id, alias=alias, tags=tags)
 
 
 def _log_onnx(run_id: str, key: str, path: Path, teacher: Teacher, probe: Probe) -> str:

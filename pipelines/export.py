@@ -89,18 +89,31 @@ def export_onnx(
     axes = {0: "batch"}
     if sequence_axis and _runs_at_other_length(net, example):
         axes[1] = "sequence"
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            net,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[output_name],
-            dynamic_shapes=(axes,),
-            opset_version=OPSET,
-            verbose=False,
-        )
-        program.save(str(path), external_data=False)
+    # torch.export gives equal-sized dims one symbol ("duck sizing"): a sequence as long as its feature width
+    # (digits read as 8 rows × 8 features) gets its length fixed. Tracing at a length one shorter avoids that;
+    # the last resort keeps the length fixed, and the metadata then says so.
+    attempts = [(example, axes)]
+    if 1 in axes:
+        attempts += [(example[:, :-1], axes), (example, {0: "batch"})]
+    for attempt, (traced, dims) in enumerate(attempts, start=1):
+        try:
+            with _quiet_exporter():
+                program = torch.onnx.export(
+                    net,
+                    (traced,),
+                    dynamo=True,
+                    input_names=[INPUT_NAME],
+                    output_names=[output_name],
+                    dynamic_shapes=(dims,),
+                    opset_version=OPSET,
+                    verbose=False,
+                )
+            break
+        except Exception:
+            if attempt == len(attempts):
+                raise
+    axes = dims
+    program.save(str(path), external_data=False)
     model = onnx.load(str(path))
     set_metadata(model, {**metadata, "dynamic_axes": sorted(axes.values())})
     _save_single_file(model, path)

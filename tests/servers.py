@@ -154,7 +154,13 @@ print(json.dumps([{"id": n["NodeID"], "resources": n["Resources"]} for n in node
 
 def ray_env(token: str) -> dict[str, str]:
     """Ray 2.60 clusters use token auth: every node and driver needs the mode and the token (never ~/.ray)."""
-    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
 
 
 def ray_nodes(address: str, env: dict[str, str], expect: int, timeout: float = 60) -> list[dict]:

@@ -238,7 +238,9 @@ def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], settings: Swee
         # Ray applies this cap to a Searcher only; the basic generator carries its own (see _search_alg)
         max_concurrent_trials=concurrency if settings.search == "optuna" else None,
         time_budget_s=settings.time_budget_s or None,
-        reuse_actors=settings.workers_per_trial == 1,  # a fresh process per trial costs ~2 s on 2 cores
+        # A fresh process per trial costs ~2 s on 2 cores. On a cluster, though, a reused actor takes the next
+        # trial onto the node that came up first while the trial's own placement on another node is dropped.
+        reuse_actors=settings.workers_per_trial == 1 and not (settings.ray_address or os.environ.get("RAY_ADDRESS")),
         trial_name_creator=_trial_name,
         trial_dirname_creator=_trial_name,
     )

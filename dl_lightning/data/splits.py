@@ -154,10 +154,8 @@ def encode_targets(raw: RawData, task: Task) -> tuple[np.ndarray, np.ndarray | N
         labels = labels.astype(str)
     classes, codes = np.unique(labels, return_inverse=True)  # sorted, so class ids do not depend on row order
     if len(classes) < 2:
-        raise InputError(
-            f"the targets of {raw.name} have a single class ('{classes[0]}') — a classifier needs at least "
-            "two; check data.target"
-        )
+        found = f"a single class ('{classes[0]}')" if len(classes) else "no rows"
+        raise InputError(f"the targets of {raw.name} have {found} — a classifier needs at least two; check data.target")
     codes = codes.reshape(-1).astype(np.int64)
     n = len(raw.y)
     return codes[:n], (None if raw.y_test is None else codes[n:]), tuple(str(c) for c in classes)

@@ -87,6 +87,7 @@ def test_kill_9_then_resume_auto_continues_the_same_run_with_no_gap_and_the_same
         assert steps == list(range(EPOCHS)), (metric, steps)  # no gap, no duplicate
     _, whole = only_run(tmp_path, "whole")
     killed_acc, whole_acc = run.data.metrics["test/acc"], whole.data.metrics["test/acc"]
+    print(f"test/acc: killed at epoch 3 and resumed {killed_acc:.4f}, uninterrupted {whole_acc:.4f}")
     assert abs(killed_acc - whole_acc) <= 0.03, (killed_acc, whole_acc)  # within noise: ±3 points
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert summary["mlflow_run_id"] == run.info.run_id

@@ -16,7 +16,7 @@ ROW_KEYS = {"measure", "value", "unit", "target", "met", "note", "spread"}
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "benchmarks"
     ctx = BenchContext(repeats=1, quick=True, workdir=str(out.parent / "work"))
-    data = run_benchmarks(["loop", "input", "main_job"], ctx, out, log=lambda _: None)
+    data = run_benchmarks(["loop", "input"], ctx, out, log=lambda _: None)
     return out, data
 
 
@@ -25,7 +25,7 @@ def test_writes_json_and_markdown_with_machine_facts(report) -> None:
     saved = json.loads(out.with_name("benchmarks.json").read_text())
     assert saved["repeats"] == 1 and saved["quick"] is True
     assert {"cpu", "cores", "torch", "lightning", "load_average", "load_average_end"} <= set(saved["machine"])
-    assert [b["name"] for b in saved["benchmarks"]] == ["loop", "input", "main_job"]
+    assert [b["name"] for b in saved["benchmarks"]] == ["loop", "input"]
     md = out.with_name("benchmarks.md").read_text()
     assert md.startswith("# Benchmarks") and "Load average" in md
     for bench in saved["benchmarks"]:
@@ -35,7 +35,6 @@ def test_writes_json_and_markdown_with_machine_facts(report) -> None:
 def test_each_benchmark_reports_rows_with_targets_and_an_interpretation(report) -> None:
     _, data = report
     by_name = {b["name"]: b for b in data["benchmarks"]}
-    assert by_name["main_job"]["status"] == "skipped"  # a hook until `dlforge run` exists
     for name in ("loop", "input"):
         bench = by_name[name]
         assert bench["status"] == "ok", bench["interpretation"]
@@ -76,9 +75,9 @@ def test_interleave_alternates_order_and_ratio_is_median() -> None:
 
 
 def test_cli_runs_only_the_named_benchmarks(cli, tmp_path) -> None:
-    code, out, _ = cli("bench", "--only", "main_job", "--repeats", "1", "--out", str(tmp_path / "b"))
+    code, out, _ = cli("bench", "--only", "input", "--repeats", "1", "--quick", "--out", str(tmp_path / "b"))
     assert code == 0
-    assert json.loads((tmp_path / "b.json").read_text())["benchmarks"][0]["name"] == "main_job"
+    assert json.loads((tmp_path / "b.json").read_text())["benchmarks"][0]["name"] == "input"
     assert set(BENCHMARKS) >= {"loop", "tracking", "ddp", "sweeps", "compression", "input", "main_job"}
 
 

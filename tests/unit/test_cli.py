@@ -124,7 +124,5 @@ def test_image_folder_trains(cli, tiny, tmp_path):
         for i in range(12):
             pixels = rng.integers(0, 255, size=(10 + i, 12, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "imgs" / label / f"{i}.png")
-    code, _, err = cli(
-        "train", *tiny, f"data.source={tmp_path / 'imgs'}", "data.image_size=8", "model.family=cnn"
-    )
+    code, _, err = cli("train", *tiny, f"data.source={tmp_path / 'imgs'}", "data.image_size=8", "model.family=cnn")
     assert code == 0, err

@@ -234,13 +234,20 @@ def test_passing_models_are_logged_and_the_shipped_one_registered(store, tmp_pat
         "compress/compress_report.json",
     }
 
+    versions = result.registered.pop("versions")
     assert result.registered == {
         "name": "dlforge-mlp-onnx",
-        "version": "1",
+        "version": versions["teacher-int8"],
         "alias": "candidate",
         "uri": "models:/dlforge-mlp-onnx@candidate",
         "model": "teacher-int8",
     }
+    aliases = client.get_registered_model("dlforge-mlp-onnx").aliases  # every shipped file, under its own alias
+    assert {alias: str(aliases[alias]) for alias in ("fp32", "int8")} == {
+        "fp32": versions["teacher"],
+        "int8": versions["teacher-int8"],
+    }
+    assert aliases["candidate"] == aliases["int8"]
     version = client.get_model_version_by_alias("dlforge-mlp-onnx", "candidate")
     assert version.tags["dlforge.teacher_run_id"] == "f" * 32 and version.tags["dlforge.compress_run_id"] == run_id
     assert version.tags["dlforge.model"] == "teacher-int8" and version.tags["dlforge.quantization"] == "dynamic"

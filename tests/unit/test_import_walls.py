@@ -42,8 +42,6 @@ def test_only_tracking_imports_mlflow():
 def test_only_export_and_compress_import_onnx():
     allowed = {"pipelines/export.py", "pipelines/compress.py", "pipelines/predict.py"}
     importers = {
-        p.relative_to(ROOT).as_posix()
-        for p in modules("pipelines")
-        if imports_of(p) & {"onnx", "onnxruntime"}
+        p.relative_to(ROOT).as_posix() for p in modules("pipelines") if imports_of(p) & {"onnx", "onnxruntime"}
     }
     assert importers <= allowed

@@ -176,7 +176,7 @@ ARRAYS = st.sampled_from(["float32", "float64", "int64", "int8", "bool", "object
 
 @st.composite
 def npz_arrays(draw) -> dict[str, np.ndarray]:
-    n = draw(st.integers(min_value=1, max_value=30))  # 0 rows: see the xfail test below
+    n = draw(st.integers(min_value=0, max_value=30))
     shape = (n, *draw(st.lists(st.integers(min_value=1, max_value=4), max_size=3)))
     dtype = draw(ARRAYS)
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
@@ -192,9 +192,8 @@ def npz_arrays(draw) -> dict[str, np.ndarray]:
     return arrays
 
 
-@pytest.mark.xfail(raises=IndexError, strict=True, reason="bug in encode_targets: remove this mark once fixed")
 def test_an_empty_npz_is_an_input_error(tmp_path):
-    """Found by the property below: zero rows reached ``classes[0]`` of no classes (dl_lightning/data/splits.py)."""
+    """Found by the property below: zero rows once reached ``classes[0]`` of no classes."""
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 3), np.float32), y=np.zeros(0, np.int64))
     with pytest.raises(InputError):
         load_splits(str(tmp_path / "empty.npz"))

@@ -350,3 +350,17 @@ def test_bad_input_to_predict_is_one_line_exit_2_nothing_written(cli, tmp_path, 
     assert code == 2
     assert needle in one_error_line(err)
     assert not (tmp_path / "preds.csv").exists()
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    from pipelines import outputs
+
+    path = outputs.write_json_atomic(tmp_path / "summary.json", {"v": 1})
+    monkeypatch.setattr(outputs.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        outputs.write_json_atomic(path, {"v": 2})
+    assert path.read_text() == '{\n  "v": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
