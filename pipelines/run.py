@@ -185,5 +185,8 @@ def quick_overrides() -> dict[str, Any]:
 
 def check_pipeline(cfg: Config) -> None:
     """Refuse configs the pipeline cannot finish, before the first stage starts."""
-    if cfg.trainer.num_nodes > 1 and cfg.tune.enabled and not cfg.tune.ray_address:
-        raise InputError("a multi-node pipeline sweeps on a Ray cluster; set tune.ray_address or tune.enabled=false")
+    if cfg.trainer.num_nodes > 1:
+        raise InputError(
+            "dlforge run trains on this node only; launch multi-node training with torchrun or SLURM "
+            "(dlforge train), then dlforge compress --teacher models:/NAME@candidate"
+        )

@@ -4,9 +4,7 @@ sqlite file with ``--resume auto``, and ``dlforge ui`` serving the store. Read b
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,61 +17,18 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipelines import tracking
 from tests.conftest import run_dlforge
+from tests.servers import free_port, mlflow_server, stop, wait_until_up
 
 pytestmark = pytest.mark.slow
 
 TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "data.batch_size=32"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End the server and the workers it started: they share the session we gave it."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
-    command += ["--artifacts-destination", str(root / "artifacts")]
-    log = (root / "server.log").open("w")
-    env = tracking.ui_server_env()
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(url, proc)
+    with mlflow_server(tmp_path_factory.mktemp("server")) as url:
         yield url
-    finally:
-        stop(proc)
-        log.close()
 
 
 def only_run(client: MlflowClient, experiment: str):

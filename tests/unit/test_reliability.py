@@ -33,19 +33,6 @@ def _single_process(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("store") / "template.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(tmp_path: Path, migrated_db: Path) -> str:
-    (tmp_path / "mlflow.db").write_bytes(migrated_db.read_bytes())
-    return f"sqlite:///{tmp_path}/mlflow.db"
-
-
 def only_run(store: str):
     client = MlflowClient(tracking_uri=store)
     (run,) = client.search_runs([client.get_experiment_by_name("dlforge").experiment_id])
