@@ -86,6 +86,11 @@ def plan_sweep(cfg: Config) -> SweepPlan:
     _check_values(cfg, space)
     if cfg.tune.scheduler == "pbt" and cfg.tune.workers_per_trial > 1:
         raise InputError("tune.scheduler=pbt needs tune.workers_per_trial=1 (multi-worker trials do not checkpoint)")
+    if "://" in (cfg.tune.storage_path or ""):
+        raise InputError(
+            f"tune.storage_path={cfg.tune.storage_path} is a URI; object stores are not supported yet — "
+            "use a path every node mounts (NFS, Lustre)"
+        )
     metric, mode = _metric_and_mode(cfg)
     return SweepPlan(space, metric, mode)
 

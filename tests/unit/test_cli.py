@@ -126,3 +126,23 @@ def test_image_folder_trains(cli, tiny, tmp_path):
             Image.fromarray(pixels).save(tmp_path / "imgs" / label / f"{i}.png")
     code, _, err = cli("train", *tiny, f"data.source={tmp_path / 'imgs'}", "data.image_size=8", "model.family=cnn")
     assert code == 0, err
+
+
+def test_run_refuses_multi_node_before_any_stage(cli, tiny, tmp_path):
+    code, _, err = cli("run", *tiny, "trainer.num_nodes=2", "trainer.strategy=ddp")
+    assert code == 2 and "torchrun or SLURM" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_quick_overlay_sits_between_file_and_overrides(tmp_path):
+    import argparse
+
+    from pipelines.cli import config_from
+    from pipelines.run import quick_overrides
+
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer: {max_epochs: 30}\ntune: {num_samples: 16}\n")
+    args = argparse.Namespace(items=[str(config), "trainer.max_epochs=7"])
+    cfg = config_from(args, preset=quick_overrides())
+    assert cfg.trainer.max_epochs == 7  # the command line wins over --quick
+    assert cfg.tune.num_samples == 2  # --quick wins over the file

@@ -141,6 +141,7 @@ def test_space_is_one_leaf_of_the_config_keys():
         ),
         (["model.family=gan"], r"model.family=gan has no default metric; set tune.metric"),
         (["tune.scheduler=pbt", "tune.workers_per_trial=2"], r"pbt needs tune.workers_per_trial=1"),
+        (["tune.storage_path=s3://bucket/sweeps"], r"object stores are not supported yet"),
     ],
 )
 def test_plan_rejects_bad_input_before_ray(overrides, message, tiny):
