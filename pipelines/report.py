@@ -34,12 +34,13 @@ def report_blocks(cfg: Config, stages: dict[str, Any]) -> list[Block]:
 
 def _sweep_blocks(sweep: dict[str, Any]) -> list[Block]:
     keys = sorted({k for t in sweep["trials"] for k in t.get("params", {})})
-    header = ["trial", "status", sweep["metric"], *keys]
+    header = ["trial", "status", "epochs", f"best {sweep['metric']}", *keys]
     rows = [
-        [t["trial_id"], t["status"], _num(t.get("metric")), *(_num(t.get("params", {}).get(k)) for k in keys)]
+        [t["trial_id"], t["status"], t["epochs"], _num(t["best"]), *(_num(t["params"].get(k)) for k in keys)]
         for t in sweep["trials"]
     ]
-    best = f"Best {sweep['metric']} = {_num(sweep['best_metric'])} with {sweep['best_overrides']}."
+    chosen = ", ".join(f"{k}={_num(v)}" for k, v in sweep["best_overrides"].items())
+    best = f"Best {sweep['metric']} = {_num(sweep['best_metric'])} with {chosen}."
     blocks: list[Block] = [("h2", "Sweep"), ("p", best), ("table", (header, rows))]
     return blocks + ([("img", sweep["plot"])] if sweep.get("plot") else [])
 
