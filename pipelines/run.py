@@ -8,6 +8,7 @@ One MLflow parent run holds a child run per stage. Each stage runs at most once 
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -26,7 +27,9 @@ QUICK = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"
 
 
 class StageFailed(RuntimeError):
-    """A stage ended without a usable result (its own output says why)."""
+    """A stage ended without a usable result (its own output says why); the CLI prints it and exits 1."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def promote_stage(cfg: Config, trained: dict[str, Any], compressed: dict[str, An
         return None
     name = tracking.registered_model_name(cfg)
     tracking.tag_model_version(name, version, {"dlforge.gates": "passed" if compressed["passed"] else "failed"})
-    return tracking.promote_best(name, CHAMPION, metric=_test_metric(trained), mode=_mode(cfg, trained))
+    return tracking.promote_best(name, CHAMPION, metric=_test_metric(trained), mode=_mode(trained))
 
 
 def _test_metric(trained: dict[str, Any]) -> str:
@@ -132,7 +135,7 @@ def _test_metric(trained: dict[str, Any]) -> str:
     return next((m for m in ("test/acc", "test/mse", "test/g_loss") if m in metrics), sorted(metrics)[0])
 
 
-def _mode(cfg: Config, trained: dict[str, Any]) -> str:
+def _mode(trained: dict[str, Any]) -> str:
     return "max" if _test_metric(trained).endswith("acc") else "min"
 
 
@@ -156,8 +159,6 @@ def _run_name(cfg: Config) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
     if not path.is_file():
         raise StageFailed(f"{path} was not written; the stage did not finish")
     return json.loads(path.read_text())
@@ -165,8 +166,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     """JSON-able copy (paths → str) for the ledger."""
-    import json
-
     return json.loads(json.dumps(value, default=str))
 
 

@@ -36,3 +36,15 @@ def test_interrupted_stage_is_known_as_started(tmp_path):
     reopened = StageLedger(tmp_path / "s.json")
     assert reopened.started_with("train", "k1")
     assert not reopened.started_with("train", "other")
+
+
+def test_a_failed_stage_is_one_line_and_exit_1(cli, tiny, monkeypatch):
+    from pipelines import run
+
+    def fail(*args, **kwargs):
+        raise run.StageFailed("training failed; its output is above")
+
+    monkeypatch.setattr(run, "train_stage", fail)
+    code, _, err = cli("run", *tiny, "tune.enabled=false")
+    assert code == 1
+    assert err.strip().splitlines() == ["dlforge: error: training failed; its output is above"]
