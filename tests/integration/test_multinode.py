@@ -149,6 +149,8 @@ def test_sigusr1_requeues_and_the_requeued_job_continues_the_same_run(tmp_path):
         reader = threading.Thread(target=lambda: first_log.extend(job.stdout), daemon=True)
         reader.start()
         wait_for(lambda: any(line.startswith("epoch 1/") for line in first_log), 150, "the first epoch")
+        # the epoch line is printed before Lightning's checkpoint callbacks (they run last): wait for the file too
+        wait_for((out / "checkpoints" / "last.ckpt").exists, 60, "the first last.ckpt")
         os.kill(job.pid, signal.SIGUSR1)  # SLURM: `#SBATCH --signal=SIGUSR1@90`, 90 s before the time limit
         wait_for(calls.exists, 60, "scontrol requeue")
     finally:
