@@ -6,6 +6,10 @@ global torch generator seeded by ``seed_everything`` and consume it in the same 
 sampler's seed and the dropout masks), so the two runs should end with equal weights. Both validate every epoch and
 save a ``last`` and a ``best`` checkpoint, as ``dlforge train`` does. Augmentation and the lr schedule are turned off
 (the hand loop would otherwise have to reimplement them); the final test is skipped (not part of an epoch).
+
+A third variant, the same job as the smallest LightningModule a Lightning user writes (loss and accuracy, the same
+ModelCheckpoint, no dlforge callbacks or metric sets), splits the gap in two: what Lightning's loop costs over the
+plain loop, and what dlforge adds on top of Lightning.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipelines.benchmarks.common import BenchContext, BenchResult, Row, interleave, quiet, ratio_row, steady
+from pipelines.benchmarks.common import BenchContext, BenchResult, Row, interleave, median, quiet, ratio_row, steady
 from pipelines.config import PROJECT_ROOT, Config, load_config
 from pipelines.train import load_data, optim_settings, resolve_monitor, train
 
@@ -81,8 +85,8 @@ def dlforge_fit(cfg: Config) -> dict[str, Any]:
     return {"epoch_s": full, "train_s": steps, "loss": timer.loss, "steps": timer.steps, "state": _state(net)}
 
 
-def hand_fit(cfg: Config) -> dict[str, Any]:
-    """The loop a PyTorch user writes for the same job: train, validate (loss, acc), save last and best."""
+def plain_setup(cfg: Config) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader, DataLoader]:
+    """The net, optimizer and loaders of the plain variants, consuming the global RNG as ``train()`` does."""
     from dl_lightning.registry import build_model
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # what train() does first
@@ -94,10 +98,19 @@ def hand_fit(cfg: Config) -> dict[str, Any]:
     train_set, val_set = (TensorDataset(*map(torch.from_numpy, pair)) for pair in (splits.train, splits.val))
     b = cfg.data.batch_size
     drop_last = len(train_set) % b == 1  # the DataModule's rule (a lone example breaks BatchNorm)
-    loader = DataLoader(train_set, batch_size=b, shuffle=True, drop_last=drop_last)
-    val_loader = DataLoader(val_set, batch_size=b)
-    monitor, mode = resolve_monitor(cfg, splits.spec.task)
-    folder = PROJECT_ROOT / cfg.output_dir if not cfg.output_dir.startswith("/") else cfg.output_dir
+    return (
+        net,
+        optimizer,
+        DataLoader(train_set, batch_size=b, shuffle=True, drop_last=drop_last),
+        DataLoader(val_set, batch_size=b),
+    )
+
+
+def hand_fit(cfg: Config) -> dict[str, Any]:
+    """The loop a PyTorch user writes for the same job: train, validate (loss, acc), save last and best."""
+    net, optimizer, loader, val_loader = plain_setup(cfg)
+    monitor, mode = resolve_monitor(cfg, "classification")
+    folder = _output_dir(cfg)
     best, starts, train_ends, steps, loss = None, [], [], 0, float("nan")
     for epoch in range(cfg.trainer.max_epochs):
         starts.append(time.perf_counter())
@@ -121,6 +134,54 @@ def hand_fit(cfg: Config) -> dict[str, Any]:
             torch.save(state, f"{folder}/hand-best.pt")
     full, train_s = epoch_times(starts, train_ends, time.perf_counter())
     return {"epoch_s": full, "train_s": train_s, "loss": loss, "steps": steps, "state": _state(net)}
+
+
+class PlainLightning(L.LightningModule):
+    """The smallest LightningModule for the job: cross-entropy, validation loss and accuracy, AdamW."""
+
+    def __init__(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__()
+        self.net, self.optimizer = net, optimizer
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        out = self.net(x)
+        acc = (out.argmax(dim=1) == y).float().mean()
+        self.log_dict({"val/loss": F.cross_entropy(out, y), "val/acc": acc}, batch_size=len(x))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer
+
+
+def lightning_fit(cfg: Config) -> dict[str, Any]:
+    """The same job as a minimal Lightning user writes it, with the same best/last checkpointing as dlforge."""
+    net, optimizer, loader, val_loader = plain_setup(cfg)
+    monitor, mode = resolve_monitor(cfg, "classification")
+    timer = EpochTimer()
+    checkpoint = ModelCheckpoint(
+        dirpath=f"{_output_dir(cfg)}/lightning", filename="best", monitor=monitor, mode=mode, save_last=True
+    )
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        accelerator="cpu",
+        callbacks=[checkpoint, timer],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    with quiet():
+        trainer.fit(PlainLightning(net, optimizer), loader, val_loader)
+    full, steps = epoch_times(timer.starts, timer.train_ends, timer.end)
+    return {"epoch_s": full, "train_s": steps, "steps": timer.steps, "state": _state(net)}
+
+
+def _output_dir(cfg: Config) -> str:
+    return str(PROJECT_ROOT / cfg.output_dir) if not cfg.output_dir.startswith("/") else cfg.output_dir
 
 
 @torch.no_grad()
@@ -155,38 +216,46 @@ def run(ctx: BenchContext) -> BenchResult:
     rows, raw, setup = [], {}, {"epochs": epochs, "steady_epochs": epochs - 1, "threads": threads, "fair": FAIR}
     for name in CASES:
         cfg = case_config(name, ctx, epochs, threads)
-        runs = interleave(
-            {"dlforge": lambda cfg=cfg: dlforge_fit(cfg), "pytorch": lambda cfg=cfg: hand_fit(cfg)}, ctx.repeats
-        )
+        variants = {"dlforge": dlforge_fit, "lightning": lightning_fit, "pytorch": hand_fit}
+        runs = interleave({k: lambda fit=fit, cfg=cfg: fit(cfg) for k, fit in variants.items()}, ctx.repeats)
         rows += case_rows(name, runs)
         setup[name] = {"batch_size": cfg.data.batch_size, "steps_per_epoch": runs["pytorch"][0]["steps"] // epochs}
         raw[name] = [
-            {k: {kk: vv for kk, vv in r.items() if kk != "state"} for k, r in zip(runs, pair, strict=True)}
-            for pair in zip(*runs.values(), strict=True)
+            {k: {kk: vv for kk, vv in r.items() if kk != "state"} for k, r in zip(runs, repeat, strict=True)}
+            for repeat in zip(*runs.values(), strict=True)
         ]
     return BenchResult("loop", TITLE, rows, interpretation(rows, setup), setup, raw)
 
 
 def case_rows(name: str, runs: dict[str, list[dict[str, Any]]]) -> list[Row]:
-    ours, plain = runs["dlforge"], runs["pytorch"]
+    ours, lightning, plain = runs["dlforge"], runs["lightning"], runs["pytorch"]
     epoch = ratio_row(f"{name}: epoch time (train + val + checkpoints)", *_steady(ours, plain, "epoch_s"), TARGET)
     steps = ratio_row(f"{name}: training steps only", *_steady(ours, plain, "train_s"))
     steps_per_epoch = plain[0]["steps"] / len(plain[0]["train_s"])
     per_step = [
         (steady(o["train_s"]) - steady(p["train_s"])) / steps_per_epoch * 1e3 for o, p in zip(ours, plain, strict=True)
     ]
-    overhead = Row(f"{name}: overhead per training step", sorted(per_step)[len(per_step) // 2], "ms")
+    overhead = Row(f"{name}: overhead per training step", median(per_step), "ms")
+    per_epoch = [steady(o["epoch_s"]) - steady(p["epoch_s"]) for o, p in zip(ours, plain, strict=True)]
+    epoch_cost = Row(
+        f"{name}: overhead per epoch", median(per_epoch), "s", note="Lightning's own parity test allows 0.05–0.3 s"
+    )
+    lightning_cost = ratio_row(
+        f"{name}: epoch time, minimal Lightning / PyTorch", *_steady(lightning, plain, "epoch_s")
+    )
+    added = ratio_row(f"{name}: epoch time, dlforge / minimal Lightning", *_steady(ours, lightning, "epoch_s"))
     loss_gap = max(abs(o["loss"] - p["loss"]) for o, p in zip(ours, plain, strict=True))
-    weights = max(max_weight_diff(o["state"], p["state"]) for o, p in zip(ours, plain, strict=True))
+    weights = max(max_weight_diff(o["state"], p["state"]) for o, p in zip(ours + lightning, plain + plain, strict=True))
     fair = Row(
         f"{name}: final train loss, dlforge vs PyTorch",
         loss_gap,
         "abs. difference",
         "≤ 1e-5",
         loss_gap <= 1e-5,
-        f"{ours[0]['loss']:.6f} vs {plain[0]['loss']:.6f}; largest weight difference {weights:.1e}",
+        f"{ours[0]['loss']:.6f} vs {plain[0]['loss']:.6f}; largest weight difference of either Lightning variant "
+        f"from PyTorch {weights:.1e}",
     )
-    return [epoch, steps, overhead, fair]
+    return [epoch, steps, overhead, epoch_cost, lightning_cost, added, fair]
 
 
 def _steady(ours: list[dict], plain: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -196,28 +265,31 @@ def _steady(ours: list[dict], plain: list[dict], key: str) -> tuple[list[float],
 def interpretation(rows: list[Row], setup: dict[str, Any]) -> str:
     lines = []
     for name in CASES:
-        epoch, steps, overhead, fair = (r for r in rows if r.measure.startswith(name))
-        verdict = "meets" if epoch.met else "misses"
+        epoch, steps, per_step, per_epoch, lightning, added, fair = (r for r in rows if r.measure.startswith(name))
         lines.append(
             f"- **{name}** ({setup[name]['steps_per_epoch']} steps of batch {setup[name]['batch_size']} per epoch): "
-            f"a dlforge epoch takes {epoch.value:.2f}× the plain loop's, which {verdict} the ≤ {TARGET:g} target; "
-            f"the training steps alone {steps.value:.2f}×, i.e. about {overhead.value:.2f} ms of framework work per "
-            f"step (Lightning's loop, hooks, the per-epoch metric objects). "
+            f"a dlforge epoch takes {epoch.value:.2f}× the plain loop's, which {'meets' if epoch.met else 'misses'} "
+            f"the ≤ {TARGET:g} target — {per_epoch.value * 1e3:.0f} ms per epoch, {per_step.value:.2f} ms per "
+            f"training step. Split: the minimal LightningModule already takes {lightning.value:.2f}× the plain loop "
+            f"(Lightning's loop, hooks and checkpoint format), and dlforge adds {added.value:.2f}× on top (its "
+            "metric sets, guards and epoch line). "
             + ("The runs agree (" if fair.met else "The runs do NOT agree (")
-            + f"final train loss |Δ| {fair.value:.1e}; {fair.note}), so both trained the same model the same way."
+            + f"final train loss |Δ| {fair.value:.1e}; {fair.note}), so all three trained the same model."
         )
     lines.append(
-        "- Why: the overhead is a fixed cost per step, so it matters in proportion to how little work a step does. "
-        "The digits CNN does enough per step to hide most of it; the breast-cancer MLP's step is a fraction of a "
-        "millisecond of arithmetic, so the same cost is a multiple of it. Before this benchmark every training step "
-        "also called `self.log` twice (loss and accuracy), which profiling (cProfile) showed as the largest "
-        "single item; `SupervisedModule` now logs its train metric objects once per epoch (same values — see the "
-        "equal losses above). Measured side by side against the old code when the change was made (interleaved, 5 "
-        "repeats, same machine): the digits CNN's overhead fell from 6.6 to 2.4 ms per step in one run and from "
-        "10.0 to 2.1 in another; on the MLP the two runs disagreed (5.3 → 6.9 and 9.3 → 6.3 ms), i.e. within the "
-        "noise of the shared cores. What remains is Lightning's own loop (closure, hooks, optimizer wrapper) and, "
-        "per epoch, the full validation metric set (AUROC, F1, … — the plain loop computes loss and accuracy only) "
-        "— costs a project built on Lightning keeps. So the ≤ 1.10 target is within reach only for steps that do "
-        "several milliseconds of work; for tiny tabular nets a plain loop stays faster."
+        "- Why: the overhead is a fixed cost per step and per epoch, so it matters in proportion to how little work "
+        "a step does: a digits-CNN step does enough arithmetic to hide most of it, a breast-cancer-MLP step is a "
+        "fraction of a millisecond, so the same cost is a multiple of it — and most of that cost is Lightning's "
+        "own (the minimal-Lightning rows), which a project built on Lightning keeps. In absolute terms the "
+        f"overhead per epoch ({_per_epoch_summary(rows)}) is to be read against the 0.05–0.3 s per epoch that "
+        "Lightning's own parity test against plain PyTorch allows. What dlforge itself added was measured and "
+        "cut: every `self.log` call walks Lightning's result collection, so the metric objects of each stage "
+        "(train, val, test) are handed to Lightning once per epoch instead of every step, and the train-time "
+        "accuracy/MSE are running means (torchmetrics `MeanMetric`, a fifth of `MulticlassAccuracy`'s update "
+        "cost) with the same values — the equal losses above are the check."
     )
     return "\n".join(lines)
+
+
+def _per_epoch_summary(rows: list[Row]) -> str:
+    return ", ".join(f"{r.measure.split(':')[0]} {r.value * 1e3:.0f} ms" for r in rows if r.unit == "s")

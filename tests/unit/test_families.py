@@ -10,6 +10,7 @@ import dataclasses
 import lightning.pytorch as L
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from dl_lightning.data.spec import DataSpec
@@ -142,6 +143,24 @@ def test_standardize_lives_in_the_net_and_survives_zero_std() -> None:
     buffers = dict(model.net.named_buffers())
     assert torch.equal(buffers["norm.mean"], torch.ones(5))
     assert torch.equal(buffers["norm.std"], torch.tensor([2.0, 2.0, 1.0, 2.0, 2.0]))
+
+
+@pytest.mark.parametrize("kind", ["tabular", "sequence"])  # classification and regression
+def test_epoch_metrics_weight_every_example_equally(kind: str) -> None:
+    """val/loss, val/acc (or mse) over uneven batches (5 + 2) equal the metrics of all 7 examples at once."""
+    spec = SPECS[kind]
+    model = build_model("mlp" if kind == "tabular" else "rnn", spec, ARCH["mlp" if kind == "tabular" else "rnn"], {})
+    x, y = inputs(spec, 7), targets(spec, 7)
+    metrics = L.Trainer(**TRAINER).validate(model, DataLoader(TensorDataset(x, y), batch_size=5), verbose=False)[0]
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    if spec.task == "classification":
+        expected = {"val/loss": F.cross_entropy(out, y), "val/acc": (out.argmax(1) == y).float().mean()}
+    else:
+        expected = {"val/loss": F.mse_loss(out.squeeze(1), y), "val/mse": F.mse_loss(out.squeeze(1), y)}
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(float(value), rel=1e-5), key
 
 
 # ---------------------------------------------------------------- fit, test, checkpoint
