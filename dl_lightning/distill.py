@@ -13,6 +13,7 @@ import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 
 
 def distillation_loss(
@@ -43,7 +44,10 @@ class DistillModule(L.LightningModule):
     """Trains ``student`` (a family LightningModule) against a frozen ``teacher`` net.
 
     Validation and test delegate to the student, so metric names (``val/acc``, ``test/mse``) and the optimizer
-    (the student's own ``configure_optimizers``) are exactly those of a normal fit. The teacher is held outside
+    (the student's own ``configure_optimizers``) are exactly those of a normal fit. Lightning calls hooks on the
+    module it fits only, so the student's epoch-start hooks are called from ours: the student hands its metric
+    objects to Lightning once per epoch, and without them its ``val/acc`` would stay at the first epoch's value
+    and the checkpoint callback would keep the first epoch's weights as the best. The teacher is held outside
     the module's registered children: it is not trained, not saved in checkpoints, not wrapped by DDP, and never
     switched to train mode by Lightning; it runs in eval mode under ``no_grad``.
     """
@@ -56,6 +60,8 @@ class DistillModule(L.LightningModule):
         self.student = student
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))  # not a submodule, on purpose
         self.task, self.alpha, self.temperature = task, alpha, temperature
+        self.train_loss = MeanMetric(nan_strategy="disable")  # per-example mean, synced across ranks when computed
+        self._loss_logged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -70,8 +76,21 @@ class DistillModule(L.LightningModule):
         loss = distillation_loss(
             self.student(x), soft_targets, y, task=self.task, alpha=self.alpha, temperature=self.temperature
         )
-        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
+        self.train_loss.update(loss.detach().expand(len(x)))  # one entry per example, as SupervisedModule._track
+        if not self._loss_logged:  # the metric object, handed over once: Lightning computes it at epoch end
+            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+            self._loss_logged = True
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_logged = False
+        self.student.on_train_epoch_start()
+
+    def on_validation_epoch_start(self) -> None:
+        self.student.on_validation_epoch_start()
+
+    def on_test_epoch_start(self) -> None:
+        self.student.on_test_epoch_start()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._as_student().validation_step(batch, batch_idx)

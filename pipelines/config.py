@@ -218,6 +218,7 @@ class TuneConfig:
     search: Literal["random", "grid", "optuna"] = "random"
     scheduler: Literal["fifo", "asha", "hyperband", "median", "pbt"] = "asha"
     grace_period: int = field(default=1, metadata=_check(ge=1))  # epochs before asha/median may stop a trial
+    reduction_factor: int = field(default=4, metadata=_check(ge=2))  # asha/hyperband keep the top 1/this per rung
     perturbation_interval: int = field(default=2, metadata=_check(ge=1))  # pbt: epochs between exploits
     time_budget_s: float = field(default=0.0, metadata=_check(ge=0))  # whole sweep; 0 = no limit
     trial_timeout_s: float = field(default=0.0, metadata=_check(ge=0))  # one trial; 0 = no limit

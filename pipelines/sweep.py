@@ -199,6 +199,7 @@ def sweep_settings(cfg: Config, plan: SweepPlan, *, experiment: str | None = Non
         time_budget_s=t.time_budget_s,
         trial_timeout_s=t.trial_timeout_s,
         grace_period=t.grace_period,
+        reduction_factor=t.reduction_factor,
         perturbation_interval=t.perturbation_interval,
         cpu=t.resources_per_trial.cpu,
         gpu=t.resources_per_trial.gpu,
@@ -352,12 +353,15 @@ def _timing(outcome: Any, started: float) -> dict[str, float]:
     wall = time.perf_counter() - started
     trial_sum = sum(t.time_s for t in outcome.trials)
     ideal = trial_sum / max(1, outcome.concurrency)
+    # once per sweep (trial processes start and import torch, Lightning), and per trial on a reused process
+    marks = {"trial_startup_s": outcome.startup_s, "trial_handoff_s": outcome.handoff_s}
     return {
         "ray_start_s": round(outcome.ray_start_s, 3),
         "tune_wall_s": round(outcome.tune_wall_s, 3),
         "trial_time_sum_s": round(trial_sum, 3),
         "concurrency": outcome.concurrency,
         "overhead_ratio": round(outcome.tune_wall_s / ideal, 3) if ideal else 0.0,
+        **{k: round(v, 3) for k, v in marks.items() if v is not None},
         "stage_wall_s": round(wall, 3),
     }
 

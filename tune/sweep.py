@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class SweepSettings:
     time_budget_s: float = 0.0
     trial_timeout_s: float = 0.0
     grace_period: int = 1
+    reduction_factor: int = 4  # asha/hyperband: keep the top 1/reduction_factor of the trials at each rung
     perturbation_interval: int = 2
     cpu: float = 1.0  # per trial, split evenly between its workers
     gpu: float = 0.0
@@ -117,6 +119,8 @@ class SweepOutcome:
     ray_start_s: float
     tune_wall_s: float
     concurrency: int
+    startup_s: float | None = None  # Tuner start to the first trial running: trial processes start, import torch
+    handoff_s: float | None = None  # median gap between a trial's end and the next trial's start on the freed slot
 
 
 def run_sweep(
@@ -137,10 +141,10 @@ def run_sweep(
     _quiet_tune()
     with ray_session(settings.ray_address) as ray_start_s:
         concurrency = max_concurrency(settings)
-        started = time.perf_counter()
-        tuner = _restored_tuner(trial_fn, settings, resume) if resume else _new_tuner(trial_fn, space, settings)
+        clock = TrialClock()  # its clock starts now: building the Tuner counts as Tune's time
+        tuner = _restored_tuner(trial_fn, settings, resume) if resume else _new_tuner(trial_fn, space, settings, clock)
         grid = tuner.fit()
-        tune_wall_s = time.perf_counter() - started
+        tune_wall_s = time.monotonic() - clock.fit_started
     records = [_record(result, settings) for result in grid]
     records.sort(key=lambda r: r.trial_id)
     return SweepOutcome(
@@ -150,6 +154,8 @@ def run_sweep(
         ray_start_s=ray_start_s,
         tune_wall_s=tune_wall_s,
         concurrency=concurrency,
+        startup_s=clock.startup_s(),
+        handoff_s=clock.handoff_s(concurrency),
     )
 
 
@@ -179,11 +185,16 @@ def ray_session(address: str | None) -> Iterator[float]:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        start_local_ray()
     try:
         yield time.perf_counter() - started
     finally:
         ray.shutdown()  # a connected driver only disconnects; the cluster keeps running
+
+
+def start_local_ray() -> None:
+    """A Ray on this machine alone: all its CPUs, no dashboard, trial output kept out of the driver's terminal."""
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
 
 
 def max_concurrency(settings: SweepSettings) -> int:
@@ -227,7 +238,7 @@ def _quiet_tune() -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 
-def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], settings: SweepSettings) -> Any:
+def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], settings: SweepSettings, clock: Callback) -> Any:
     concurrency = max_concurrency(settings)
     tune_config = ray_tune.TuneConfig(
         metric=settings.metric,
@@ -238,8 +249,9 @@ def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], settings: Swee
         # Ray applies this cap to a Searcher only; the basic generator carries its own (see _search_alg)
         max_concurrent_trials=concurrency if settings.search == "optuna" else None,
         time_budget_s=settings.time_budget_s or None,
-        # A fresh process per trial costs ~2 s on 2 cores. On a cluster, though, a reused actor takes the next
-        # trial onto the node that came up first while the trial's own placement on another node is dropped.
+        # A fresh process per trial pays Ray's actor start and the trial's imports (torch, Lightning: 5-12 s on 2
+        # cores); a reused one only a reset (~20 ms). On a cluster, though, a reused actor takes the next trial onto
+        # the node that came up first while the trial's own placement on another node is dropped.
         reuse_actors=settings.workers_per_trial == 1 and not (settings.ray_address or os.environ.get("RAY_ADDRESS")),
         trial_name_creator=_trial_name,
         trial_dirname_creator=_trial_name,
@@ -248,7 +260,7 @@ def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], settings: Swee
         _trainable(trial_fn, settings),
         param_space=to_ray(space, settings.search),
         tune_config=tune_config,
-        run_config=_run_config(settings),
+        run_config=_run_config(settings, clock),
     )
 
 
@@ -259,15 +271,16 @@ def _restored_tuner(trial_fn: TrialFn, settings: SweepSettings, path: str) -> An
     )
 
 
-def _run_config(settings: SweepSettings) -> Any:
+def _run_config(settings: SweepSettings, clock: Callback) -> Any:
     stop = TrialTimeout(settings.trial_timeout_s) if settings.trial_timeout_s else None
+    progress = [ProgressLines(settings.metric, settings.max_epochs)] if settings.verbose else []
     return ray_tune.RunConfig(
         name=settings.name,
         storage_path=settings.storage_path,
         failure_config=ray_tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),  # PBT clones the donor's latest
         stop=stop,
-        callbacks=[ProgressLines(settings.metric, settings.max_epochs)] if settings.verbose else None,
+        callbacks=[clock, *progress],
         verbose=0,
     )
 
@@ -287,12 +300,13 @@ def _search_alg(settings: SweepSettings, concurrency: int) -> Any:
 
 def _scheduler(space: Mapping[str, Dimension], settings: SweepSettings) -> Any:
     common = {"time_attr": "training_iteration"}
-    max_t, grace = settings.max_epochs, min(settings.grace_period, settings.max_epochs)
-    # reduction factor 2: sweeps here are small (a few to tens of trials); Ray's default 4 stops too few of them
+    # max_t is the whole epoch budget: a trial that passes every rung trains as long as the final fit would
+    max_t, factor = settings.max_epochs, settings.reduction_factor
+    grace = min(settings.grace_period, max_t)
     return {
         "fifo": lambda: schedulers.FIFOScheduler(),
-        "asha": lambda: schedulers.ASHAScheduler(**common, max_t=max_t, grace_period=grace, reduction_factor=2),
-        "hyperband": lambda: schedulers.HyperBandScheduler(**common, max_t=max_t, reduction_factor=2),
+        "asha": lambda: schedulers.ASHAScheduler(**common, max_t=max_t, grace_period=grace, reduction_factor=factor),
+        "hyperband": lambda: schedulers.HyperBandScheduler(**common, max_t=max_t, reduction_factor=factor),
         "median": lambda: schedulers.MedianStoppingRule(**common, grace_period=grace, min_samples_required=2),
         "pbt": lambda: schedulers.PopulationBasedTraining(
             **common,
@@ -404,6 +418,35 @@ class TrialTimeout(Stopper):
 
     def stop_all(self) -> bool:
         return False
+
+
+class TrialClock(Callback):
+    """When each trial first ran and last ended, to tell the sweep's start-up and hand-offs from training time."""
+
+    def __init__(self) -> None:
+        self.fit_started = time.monotonic()
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started.setdefault(trial.trial_id, time.monotonic())
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended[trial.trial_id] = time.monotonic()
+
+    on_trial_error = on_trial_complete
+
+    def startup_s(self) -> float | None:
+        return min(self.started.values()) - self.fit_started if self.started else None
+
+    def handoff_s(self, concurrency: int) -> float | None:
+        """Median wait from a trial's end to the next start; the first ``concurrency`` starts wait on start-up."""
+        gaps = []
+        for start in sorted(self.started.values())[concurrency:]:
+            before = [end for end in self.ended.values() if end <= start]
+            if before:
+                gaps.append(start - max(before))
+        return statistics.median(gaps) if gaps else None
 
 
 class ProgressLines(Callback):

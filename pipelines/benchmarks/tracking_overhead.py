@@ -1,15 +1,24 @@
-"""Tracking overhead: the same ``dlforge train`` job with MLflow on (a temporary sqlite store) and off.
+"""Tracking overhead: the same training job with MLflow on (a temporary sqlite store) and off.
 
-Each variant runs ``cmd_train``'s own sequence — ``tracking.job_run`` → ``train`` with the tracking callbacks →
-``tracking.log_train_result`` — with an epoch timer added, so the job total and its phases (run start, the fit's
-steady epochs, the end-of-job logging of metrics, plots, checkpoint and model) are each a side-by-side ratio. A
-warm-up job (not counted) creates the sqlite schema and imports MLflow first: a fresh store's migrations are a
-one-time cost.
+Two jobs, each run with tracking on and off, interleaved:
+
+- a toy job (5 epochs, 1 thread) in this process, running ``cmd_train``'s own sequence — ``tracking.job_run`` →
+  ``train`` with the tracking callbacks → ``tracking.log_train_result`` — with timestamps between the phases, so run
+  start, steady epochs and the end-of-job logging are each measured. A warm-up job (not counted) imports MLflow
+  and creates the sqlite schema first, so these are the costs of a warm process;
+- the job a user runs: ``dlforge train configs/digits_cnn.yaml`` (the main job's final fit: 25 epochs, its own
+  thread count), a fresh process each time, so MLflow's imports and its store's first open are counted. The
+  ≤ 1.05 target is judged on this one.
+
+The fixed cost per job (on − off) and the job length at which it stays within 5% come from the user's job.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from pipelines.benchmarks.common import BenchContext, BenchResult, Row, interleave, median, quiet, ratio_row, steady
 from pipelines.benchmarks.loop import EpochTimer, epoch_times
@@ -17,6 +26,7 @@ from pipelines.config import Config, load_config
 
 TITLE = "Tracking overhead: MLflow on vs off for the same job"
 TARGET = 1.05
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits_cnn.yaml"
 
 
 def job(cfg: Config) -> dict[str, float]:
@@ -57,50 +67,86 @@ def configs(ctx: BenchContext, epochs: int) -> tuple[Config, Config]:
     return on, load_config(None, [*common, "tracking.enabled=false"])
 
 
+def cli_job(folder: Path, overrides: list[str]) -> dict[str, float]:
+    """``dlforge train CONFIG overrides`` in a fresh process; its wall time as the user sees it."""
+    command = [sys.executable, "-m", "pipelines", "train", str(CONFIG), f"output_dir={folder / 'out'}", *overrides]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[2:])} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    return {"total_s": wall}
+
+
+def user_job_variants(ctx: BenchContext, epochs: int) -> dict[str, object]:
+    folder = ctx.folder("tracking_cli")
+    length = [f"trainer.max_epochs={epochs}"] if ctx.quick else []  # the full run keeps the config's 25 epochs
+    on = [*length, f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", "tracking.experiment=bench"]
+    off = [*length, "tracking.enabled=false"]
+    return {"on": lambda: cli_job(folder, on), "off": lambda: cli_job(folder, off)}
+
+
 def run(ctx: BenchContext) -> BenchResult:
-    epochs = 2 if ctx.quick else 5
-    on, off = configs(ctx, epochs)
+    toy_epochs, user_epochs = (2, 2) if ctx.quick else (5, 25)
+    on, off = configs(ctx, toy_epochs)
     job(on)  # warm-up: schema migrations and imports
-    runs = interleave({"on": lambda: job(on), "off": lambda: job(off)}, ctx.repeats)
-    series = {v: {k: [r[k] for r in runs[v]] for k in runs[v][0]} for v in runs}
+    toy = _series(interleave({"on": lambda: job(on), "off": lambda: job(off)}, ctx.repeats))
+    variants = user_job_variants(ctx, user_epochs)
+    if not ctx.quick:
+        variants["on"]()  # warm-up: the store's schema, the OS file cache
+    user = _series(interleave(variants, ctx.repeats))
+    fixed = median([a - b for a, b in zip(user["on"]["total_s"], user["off"]["total_s"], strict=True)])
+    warm_fixed = median([a - b for a, b in zip(toy["on"]["total_s"], toy["off"]["total_s"], strict=True)])
+    user_name = f"dlforge train configs/digits_cnn.yaml ({user_epochs} epochs, fresh process)"
     rows = [
+        ratio_row(f"user's job: {user_name}, on / off", user["on"]["total_s"], user["off"]["total_s"], TARGET),
+        Row("user's job wall time with tracking off", median(user["off"]["total_s"]), "s"),
+        Row("fixed cost of tracking per job (fresh process: imports, store, logging)", fixed, "s"),
+        Row(f"job length at which tracking stays within {TARGET - 1:.0%}", fixed / (TARGET - 1), "s"),
         ratio_row(
-            "whole job (train + test + logging), on / off", series["on"]["total_s"], series["off"]["total_s"], TARGET
+            f"toy job ({toy_epochs} epochs, warm process), on / off",
+            toy["on"]["total_s"],
+            toy["off"]["total_s"],
+            TARGET,
         ),
-        ratio_row("steady epoch, on / off", series["on"]["epoch_s"], series["off"]["epoch_s"], TARGET),
-        Row("run start (create run, params, tags, config artifact)", median(series["on"]["start_s"]), "s"),
+        ratio_row("steady epoch, on / off", toy["on"]["epoch_s"], toy["off"]["epoch_s"], TARGET),
+        Row("run start, warm (create run, params, tags, config artifact)", median(toy["on"]["start_s"]), "s"),
         Row(
-            "end-of-job logging (test metrics, curves, plots, checkpoint, model)",
-            median([a - b for a, b in zip(series["on"]["log_s"], series["off"]["log_s"], strict=True)]),
+            "end-of-job logging, warm (test metrics, curves, plots, checkpoint, model)",
+            median([a - b for a, b in zip(toy["on"]["log_s"], toy["off"]["log_s"], strict=True)]),
             "s",
         ),
-        Row("job wall time with tracking off", median(series["off"]["total_s"]), "s"),
+        Row(
+            "toy job wall time with tracking off",
+            median(toy["off"]["total_s"]),
+            "s",
+            note=f"fixed cost {warm_fixed:.2f} s",
+        ),
     ]
-    fixed = median([a - b for a, b in zip(series["on"]["total_s"], series["off"]["total_s"], strict=True)])
-    rows.append(
-        Row(
-            f"job length at which tracking stays within {TARGET - 1:.0%}",
-            fixed / (TARGET - 1),
-            "s",
-            note=f"fixed cost {fixed:.2f} s per job",
-        )
-    )
-    setup = {"epochs": epochs, "store": "temporary sqlite", "job": "digits CNN, defaults, 1 thread"}
-    return BenchResult("tracking", TITLE, rows, interpretation(rows), setup, runs)
+    setup = {
+        "user_job": f"{CONFIG.name}, {user_epochs} epochs, a new process per run",
+        "toy_job": f"digits CNN, defaults, {toy_epochs} epochs, 1 thread, in process",
+        "store": "temporary sqlite",
+    }
+    return BenchResult("tracking", TITLE, rows, interpretation(rows, user_name), setup, {"toy": toy, "user": user})
 
 
-def interpretation(rows: list[Row]) -> str:
-    total, epoch, start, end, wall, even = rows
-    word = "meets" if total.met else "misses"
+def _series(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
+    return {v: {k: [r[k] for r in runs[v]] for k in runs[v][0]} for v in runs}
+
+
+def interpretation(rows: list[Row], user_name: str) -> str:
+    user, user_wall, fixed, even, toy, epoch, start, end, toy_wall = rows
     return (
-        f"- The whole job with tracking costs {total.value:.2f}× the same job without, which {word} the "
-        f"≤ {TARGET:g} target. Per epoch the cost is {epoch.value:.2f}× ({'within' if epoch.met else 'above'} "
-        "target): metrics go to the store as one batch per epoch from a background thread, so training never "
-        "waits on sqlite.\n"
-        f"- The cost sits at the edges of the job: {start.value:.2f} s to open the run (params, tags, config "
-        f"artifact) and {end.value:.2f} s of end-of-job logging (learning curves, confusion matrix, the best "
-        f"checkpoint and the MLflow model with its signature). These are fixed costs, so on this "
-        f"{wall.value:.0f}-second job they are a visible fraction; a job longer than about {even.value:.0f} s keeps "
-        f"them within {TARGET - 1:.0%}."
-        + ("" if total.met else " The target is missed because the job is short, not because the hot path is slow.")
+        f"- The ≤ {TARGET:g} target is judged on the job a user runs, {user_name}: tracking costs "
+        f"{user.value:.2f}× the same job without, which {'meets' if user.met else 'misses'} it. The fixed cost is "
+        f"{fixed.value:.1f} s per job (importing MLflow, opening the store, end-of-job logging), so any job longer "
+        f"than about {even.value:.0f} s stays within {TARGET - 1:.0%}; this one takes {user_wall.value:.0f} s.\n"
+        f"- Per epoch tracking costs {epoch.value:.2f}× ({'within' if epoch.met else 'above'} target): metrics go to "
+        "the store as one batch per epoch from a background thread, so training never waits on sqlite.\n"
+        f"- On the {toy_wall.value:.0f}-second toy job (warm process) the same fixed costs — {start.value:.2f} s to "
+        f"open the run, {end.value:.2f} s of end-of-job logging (learning curves, confusion matrix, the best "
+        f"checkpoint, the MLflow model exported as pt2 with its signature) — make it {toy.value:.2f}×, "
+        f"{'within' if toy.met else 'above'} the target: a job that short is dominated by them, which is why the "
+        "target is judged on a real job."
     )

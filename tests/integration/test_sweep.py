@@ -73,6 +73,7 @@ def test_asha_sweep_stops_a_bad_trial_and_its_best_config_trains(ray_address, sw
         "tune.space={optim.lr: {grid: [0.01, 0.000001]}}",
         "tune.search=grid",
         "tune.scheduler=asha",
+        "tune.reduction_factor=2",  # 2 trials: keep the better half at each rung (epochs 1 and 2)
         "tune.max_concurrent=1",
     )
     assert code == 0, err

@@ -71,6 +71,36 @@ def test_distill_fit_trains_student_and_leaves_teacher_untouched(tmp_path):
     assert not any(k.startswith("teacher") for k in module.state_dict())  # checkpoints hold the student only
 
 
+class _ValLoss(L.Callback):
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.seen.append(float(trainer.callback_metrics["val/loss"]))
+
+
+def test_distilled_students_validation_is_fresh_every_epoch(tmp_path):
+    """The student hands its metric objects to Lightning once per epoch, in hooks only we receive: forwarded, or
+    val/acc froze at epoch 1 and the checkpoint callback kept the first epoch's weights as the best."""
+    torch.manual_seed(0)
+    teacher = build_model("mlp", SPEC, {"hidden": [16]}, {})
+    student = build_model("mlp", SPEC, {"hidden": [8], "dropout": 0.0}, {"lr": 5e-2})
+    module = DistillModule(student, teacher, "classification", alpha=0.5, temperature=2.0)
+    data = TensorDataset(torch.randn(64, 6), torch.randint(0, 3, (64,)))
+    seen = _ValLoss()
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[seen],
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=16), DataLoader(data, batch_size=64))
+    assert len(seen.seen) == len(set(seen.seen)) == 3, seen.seen  # the student learns: its val loss moves
+
+
 def test_shrink_scales_widths_and_cuts_depth():
     mlp = comp.shrink({"hidden": [256, 128, 64], "dropout": 0.1, "batch_norm": True}, 0.5, 2)
     assert mlp == {"hidden": [128, 64], "dropout": 0.1, "batch_norm": True}

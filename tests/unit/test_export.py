@@ -100,6 +100,23 @@ def test_export_parity_and_int8_for_every_family(family, tmp_path, exports):
     assert export.read_metadata(int8)["quantization"] == recipe
 
 
+@pytest.mark.parametrize("family", ["cnn", "transformer"])
+def test_shipped_files_hold_no_exporter_debris(family, tmp_path, exports):
+    """No stack traces (the exporting machine's paths) in node metadata, no shape annotations, no dead weights."""
+    _, path, spec = exports(family)
+    recipe = export.choose_recipe(onnx.load(str(path)), "auto")
+    int8 = export.quantize_onnx(path, tmp_path / "int8.onnx", recipe=recipe, calibration=[inputs_for(spec, 8)])
+    for file in (path, int8):
+        model = onnx.load(str(file))
+        assert not any(node.metadata_props or node.doc_string for node in model.graph.node)
+        assert not model.graph.value_info and str(ROOT) not in file.read_bytes().decode("latin-1")
+        read = {name for node in model.graph.node for name in node.input}
+        assert all(t.name in read for t in model.graph.initializer)
+        assert {o.domain for o in model.opset_import} <= {"", "ai.onnx", *(n.domain for n in model.graph.node)}
+    sizes = export.size_breakdown(int8)
+    assert sizes["file"] == int8.stat().st_size and 0 < sizes["graph"] < sizes["file"] and sizes["int8"] > 0
+
+
 def test_metadata_round_trip(tmp_path, exports):
     _, path, spec = exports("transformer")
     meta = export.read_metadata(path)

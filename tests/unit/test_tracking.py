@@ -352,6 +352,17 @@ def test_review_plots_are_written(tmp_path):
     assert plot_residuals(np.arange(5.0), np.arange(5.0) + 0.1, tmp_path / "res.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("k", [2, 12, 25])
+def test_confusion_matrix_fits_long_and_many_class_names(tmp_path, k):
+    names = [f"a rather long class name {i}" for i in range(k)]
+    y = np.arange(60) % k
+    path = classification_review(y, np.roll(y, 1), names, tmp_path)[0]
+    from PIL import Image
+
+    width, height = Image.open(path).size
+    assert width > height > 300  # the square matrix plus its colorbar: wider than high
+
+
 def test_experiment_url_opens_the_runs_table():
     assert tracking.experiment_url("http://127.0.0.1:5000/", "7") == "http://127.0.0.1:5000/#/experiments/7/runs"
 

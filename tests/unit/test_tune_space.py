@@ -170,3 +170,32 @@ def test_trial_config_is_one_process_in_its_own_folder(tmp_path):
     assert (trial.optim.lr, trial.model.cnn.channels) == (0.01, (8, 16))
     assert (trial.trainer.devices, trial.trainer.strategy, trial.trainer.threads) == (1, "auto", 2)
     assert trial.output_dir == str(tmp_path / "t1" / "train") and trial.tune.enabled is False
+
+
+def test_asha_runs_to_the_full_epoch_budget_with_the_configured_reduction_factor(tmp_path):
+    from pipelines.sweep import SweepPlan, sweep_settings
+    from tune.sweep import _scheduler
+
+    cfg = load_config(None, ["trainer.max_epochs=25", "tune.grace_period=3", f"output_dir={tmp_path}"])
+    assert cfg.tune.reduction_factor == 4  # Ray's own default
+    space = parse_space(cfg.tune.space, KEYS)
+    asha = _scheduler(space, sweep_settings(cfg, SweepPlan(space, "val/acc", "max")))
+    assert (asha._max_t, asha._reduction_factor, [milestone for milestone, _ in asha._brackets[0]._rungs]) == (
+        25,
+        4,
+        [12, 3],  # rungs at 3 and 12 epochs; 48 would pass the budget
+    )
+    with pytest.raises(ConfigError, match="tune.reduction_factor"):
+        load_config(None, ["tune.reduction_factor=1"])
+
+
+def test_trial_clock_tells_start_up_from_hand_offs():
+    from tune.sweep import TrialClock
+
+    clock = TrialClock()
+    clock.fit_started = 100.0
+    clock.started = {"a": 110.0, "b": 111.0, "c": 120.5, "d": 121.2}  # a, b wait on start-up; c, d on a free slot
+    clock.ended = {"a": 120.0, "b": 121.0, "c": 130.0, "d": 131.0}
+    assert clock.startup_s() == 10.0
+    assert clock.handoff_s(concurrency=2) == pytest.approx(0.35)  # (0.5 + 0.2) / 2
+    assert TrialClock().handoff_s(concurrency=2) is None
