@@ -130,7 +130,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         paths=paths,
         mlflow_run_id=result.run_id,
         tracking=tracking.summary_fields(cfg, logged),
-        data=_brief(result.data),
+        data=result.data_brief(),
     )
     _print_result(result.metrics, paths, summary)
     return 0
@@ -232,12 +232,6 @@ def _resume_path(cfg: Config, resume: str | None) -> str | None:
     if resume == "auto":
         return None
     raise InputError(f"checkpoint {resume!r} not found; pass an existing .ckpt file or --resume auto")
-
-
-def _brief(data: dict[str, Any]) -> dict[str, Any]:
-    """The data facts worth a glance in summary.json (the vocabulary stays in the checkpoint)."""
-    keep = ("kind", "task", "input_shape", "num_outputs", "class_names", "fingerprint")
-    return {k: data[k] for k in keep if k in data}
 
 
 def _print_result(metrics: dict[str, float], paths: dict[str, Any], summary: Path) -> None:

@@ -685,23 +685,19 @@ def _mlflow() -> Any:
 
 
 def _mlflow_pytorch() -> Any:
+    # mlflow.pytorch imports its Lightning-autolog module, which imports the separate ``pytorch_lightning`` package:
+    # a second Lightning under the old namespace (the mix behind ray#39715), its import time, and its log lines.
+    # dlforge logs through its own callbacks, never autolog, so that module is kept out: a None entry in
+    # sys.modules fails its import, which mlflow.pytorch catches.
+    sys.modules.setdefault("mlflow.pytorch._lightning_autolog", None)  # type: ignore[arg-type]
     return _mlflow_flavor("pytorch")
 
 
 def _mlflow_flavor(name: str) -> Any:
-    """``mlflow.<name>``, imported without letting it reconfigure logging.
-
-    The PyTorch flavor's Lightning-autolog module calls ``logging.basicConfig`` at import, which would print every
-    library's INFO records through the root logger from then on.
-    """
+    """``mlflow.<name>``, imported on first use (each flavor pulls in its framework)."""
     import importlib
 
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    module = importlib.import_module(f"mlflow.{name}")
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    return module
+    return importlib.import_module(f"mlflow.{name}")
 
 
 # ---------------------------------------------------------------- Lightning
@@ -909,7 +905,7 @@ def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> Lo
     if module is None:
         return LoggedOutputs(artifacts=tuple(p.name for p in files))
     net, example = module.export_net()
-    model_uri = log_model(run_id, net, example, metadata={"data": _brief_data(result.data)})
+    model_uri = log_model(run_id, net, example, metadata={"data": result.data_brief()})
     version = None
     if cfg.tracking.register:
         version = register_model(model_uri, name=registered_model_name(cfg), run_id=run_id, tags=_version_tags(result))
@@ -979,11 +975,6 @@ def _evaluation_files(cfg: Config, module: Any, result: TrainResult, folder: Pat
 def _data_tags(data: Mapping[str, Any]) -> dict[str, str]:
     tags = {"dlforge.data_fingerprint": data.get("fingerprint"), "dlforge.data_kind": data.get("kind")}
     return {k: str(v) for k, v in tags.items() if v}
-
-
-def _brief_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    keep = ("kind", "task", "input_shape", "num_outputs", "class_names", "fingerprint")
-    return {k: data[k] for k in keep if k in data}
 
 
 def _version_tags(result: TrainResult) -> dict[str, str]:

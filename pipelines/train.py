@@ -36,6 +36,12 @@ class TrainResult:
     epochs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def data_brief(self) -> dict[str, Any]:
+        """The data facts worth a glance (summary.json, the logged model's metadata); the vocabulary stays in the
+        checkpoint."""
+        keep = ("kind", "task", "input_shape", "num_outputs", "class_names", "fingerprint")
+        return {k: self.data[k] for k in keep if k in self.data}
+
 
 def load_data(cfg: Config) -> Splits:
     """The config's data, split and described; raises InputError on bad input before anything is written."""
