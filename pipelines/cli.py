@@ -132,7 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         tracking=tracking.summary_fields(cfg, logged),
         data=result.data_brief(),
     )
-    _print_result(result.metrics, paths, summary)
+    version = logged.model_version and f"{tracking.registered_model_name(cfg)} version {logged.model_version}"
+    _print_result(result.metrics, {**paths, "registered": version}, summary)
     return 0
 
 

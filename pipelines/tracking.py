@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import logging
 import math
@@ -514,7 +515,8 @@ def register_model(
     """
     mlflow = _mlflow()
     version_tags = {"dlforge.source_run_id": run_id or "", **{k: str(v) for k, v in (tags or {}).items()}}
-    version = mlflow.register_model(model_uri, name, tags=version_tags)
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version …"; dlforge reports it itself
+        version = mlflow.register_model(model_uri, name, tags=version_tags)
     if alias:
         set_alias(name, alias, version.version)
     return str(version.version)
