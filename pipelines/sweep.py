@@ -275,7 +275,13 @@ def fit_trial(payload: dict[str, Any]) -> None:
     cfg, run_id = payload["cfg"], payload["run_id"]
     callbacks = [
         *tracking.lightning_callbacks(cfg, run_id),
-        *trial_callbacks(payload["metric"], _optim(cfg), cfg.model.dropout, extra={"run_id": run_id or ""}),
+        *trial_callbacks(
+            payload["metric"],
+            _optim(cfg),
+            cfg.model.dropout,
+            extra={"run_id": run_id or ""},
+            timeout_s=cfg.tune.trial_timeout_s,
+        ),
     ]
     train(cfg, resume=payload["resume"], callbacks=callbacks, run_id=run_id, test=False)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,27 @@ class ReapplyHyperparameters(Callback):
         apply(self.optim, dropout=self.dropout)
 
 
+class TrialDeadline(Callback):
+    """Stop the fit at the first training batch that ends more than ``limit_s`` after training started.
+
+    Tune's stopper for ``tune.trial_timeout_s`` acts when a trial reports, at epoch ends, and one epoch of a slow
+    trial can take far longer than the limit. Past the deadline this asks Lightning to stop; Lightning then
+    validates the partial epoch, so the reporter sends its metrics and the trial ends as stopped. Single-process
+    trials only: under DDP every rank would have to agree on the batch to stop at.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._deadline = math.inf
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._deadline = time.monotonic() + self.limit_s
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if time.monotonic() > self._deadline:
+            trainer.should_stop = True
+
+
 def trial_callbacks(
     metric: str,
     optim: Mapping[str, Any],
@@ -92,9 +114,16 @@ def trial_callbacks(
     *,
     extra: Mapping[str, Any] | None = None,
     checkpoint: bool = True,
+    timeout_s: float = 0.0,
 ) -> Sequence[Callback]:
-    """The callbacks every sweep trial adds to ``train``: re-apply its hyperparameters, report each epoch."""
-    return [ReapplyHyperparameters(optim, dropout), TuneReportCallback(metric, extra=extra, checkpoint=checkpoint)]
+    """The callbacks every sweep trial adds to ``train``: re-apply its hyperparameters, report each epoch, and
+    (``timeout_s`` > 0) stop at the deadline even inside an epoch."""
+    deadline = [TrialDeadline(timeout_s)] if timeout_s > 0 else []
+    return [
+        ReapplyHyperparameters(optim, dropout),
+        *deadline,
+        TuneReportCallback(metric, extra=extra, checkpoint=checkpoint),
+    ]
 
 
 def epoch_metrics(logged: Mapping[str, Any]) -> dict[str, float]:

@@ -17,6 +17,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from pipelines.config import load_config
+from pipelines.train import load_data
+
 pytestmark = [pytest.mark.slow]
 
 EPOCHS = 6
@@ -157,34 +160,41 @@ def test_eight_processes_logging_at_once_to_a_new_sqlite_store_lose_nothing(tmp_
 
 
 @pytest.mark.timeout(240)
-def test_a_trial_running_past_trial_timeout_is_stopped_and_recorded(tmp_path, cli):
+def test_a_trial_running_past_trial_timeout_is_stopped_inside_its_epoch_and_recorded(tmp_path, cli):
     ray = pytest.importorskip("ray")
+    overrides = [
+        "data.source=builtin:digits",
+        "model.family=cnn",
+        "model.cnn.channels=[32,64]",
+        "data.batch_size=1",  # one epoch is ~1,150 steps: seconds, far past the limit
+        "trainer.max_epochs=500",
+    ]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         code, out, err = cli(
             "tune",
+            *overrides,
             f"output_dir={tmp_path / 'sweep'}",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             "tracking.experiment=timeout",
-            "data.source=builtin:digits",
-            "model.family=mlp",
-            "model.mlp.hidden=[32]",
-            "trainer.max_epochs=500",  # a trial that would run for minutes
             "tune.space={optim.lr: {choice: [0.001]}}",
             "tune.num_samples=1",
             "tune.scheduler=fifo",
-            "tune.trial_timeout_s=3",
-            "tune.resources_per_trial.cpu=0.5",
+            "tune.trial_timeout_s=1",
+            "tune.resources_per_trial.cpu=1",
         )
     finally:
         ray.shutdown()
     assert code == 0, err
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     (trial,) = summary["trials"]
-    assert trial["status"] == "stopped" and 1 <= trial["epochs"] < 500
+    assert trial["status"] == "stopped" and trial["epochs"] == 1  # the partial first epoch, validated and reported
     assert summary["stopped_early"] == [trial["trial_id"]] and summary["errored"] == []
+    (last,) = (tmp_path / "sweep").rglob("checkpoint_*/last.ckpt")  # what the trial reported to Tune
+    steps_per_epoch = len(load_data(load_config(None, overrides)).train[0])
+    assert 0 < torch.load(last, weights_only=True)["global_step"] < steps_per_epoch  # stopped inside the epoch
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("timeout").experiment_id])
     child = next(r for r in runs if r.data.tags.get("dlforge.kind") == "trial")
     assert child.info.status == "FINISHED"  # ended, not left RUNNING
-    assert len(client.get_metric_history(child.info.run_id, "val/acc")) == trial["epochs"]
+    assert len(client.get_metric_history(child.info.run_id, "val/acc")) == 1
