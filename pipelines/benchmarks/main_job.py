@@ -7,22 +7,18 @@ One run, not five: the job takes minutes, and what matters is where its time goe
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-from pipelines.benchmarks.common import BenchContext, BenchResult, Row, timed
+from pipelines.benchmarks.common import MAIN_CONFIG, BenchContext, BenchResult, Row, timed_dlforge
 
 TITLE = "Main job: wall time by stage (dlforge run)"
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits_cnn.yaml"
 TARGET_S = 600.0  # issue 6: ≤ 10 minutes on 2 cores after set-up
 
 
 def run(ctx: BenchContext) -> BenchResult:
     out = ctx.folder("main_job")
-    command = [sys.executable, "-m", "pipelines", "run", str(CONFIG), f"output_dir={out / 'job'}"]
-    command += [f"tracking.uri=sqlite:///{out / 'mlflow.db'}", *(["--quick"] if ctx.quick else [])]
-    wall, proc = timed(lambda: subprocess.run(command, capture_output=True, text=True))
+    command = ["run", str(MAIN_CONFIG), f"output_dir={out / 'job'}", f"tracking.uri=sqlite:///{out / 'mlflow.db'}"]
+    command += ["--quick"] if ctx.quick else []
+    wall, proc = timed_dlforge(*command)
     summary_file = out / "job" / "summary.json"
     if not summary_file.is_file():
         return BenchResult("main_job", TITLE, [], f"the job failed: {proc.stderr.strip()[-300:]}", status="error")
@@ -33,7 +29,7 @@ def run(ctx: BenchContext) -> BenchResult:
     rows.append(
         Row("whole command (imports, checks, report included)", wall, "s", f"≤ {TARGET_S:.0f} s", wall <= TARGET_S)
     )
-    return BenchResult("main_job", TITLE, rows, _interpretation(wall, stages), {"command": " ".join(command[1:])})
+    return BenchResult("main_job", TITLE, rows, _interpretation(wall, stages), {"command": " ".join(command)})
 
 
 def _interpretation(wall: float, stages: dict[str, float]) -> str:

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
-from pipelines.benchmarks.common import BenchContext, BenchResult, Row, median, quiet
+from pipelines.benchmarks.common import MAIN_CONFIG, BenchContext, BenchResult, Row, median, quiet
 from pipelines.config import Config, load_config
 
 TITLE = "Sweeps: Ray Tune overhead, ASHA vs random search, sweep vs default config"
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits_cnn.yaml"
 OVERHEAD_TARGET = 1.3
 SWEEP_WALL_TARGET_S = 600.0  # issue 4: a 16-trial ASHA sweep of the digits CNN in ≤ 10 minutes on 2 cores
 QUICK = ["trainer.max_epochs=2", "tune.num_samples=2", "tune.grace_period=1", "model.cnn.channels=[8,16]"]
@@ -28,7 +26,7 @@ QUICK = ["trainer.max_epochs=2", "tune.num_samples=2", "tune.grace_period=1", "m
 def bench_config(ctx: BenchContext, name: str, overrides: list[str]) -> Config:
     size = QUICK if ctx.quick else ["tune.num_samples=16"]
     fixed = ["tracking.enabled=false", "tune.search=random", "tune.resources_per_trial.cpu=1"]
-    return load_config(str(CONFIG), [*size, *fixed, *overrides, f"output_dir={ctx.folder(name)}"])
+    return load_config(str(MAIN_CONFIG), [*size, *fixed, *overrides, f"output_dir={ctx.folder(name)}"])
 
 
 def one_sweep(cfg: Config) -> dict[str, Any]:

@@ -15,18 +15,26 @@ The fixed cost per job (on − off) and the job length at which it stays within 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from pipelines.benchmarks.common import BenchContext, BenchResult, Row, interleave, median, quiet, ratio_row, steady
+from pipelines.benchmarks.common import (
+    MAIN_CONFIG,
+    BenchContext,
+    BenchResult,
+    Row,
+    interleave,
+    median,
+    quiet,
+    ratio_row,
+    steady,
+    timed_dlforge,
+)
 from pipelines.benchmarks.loop import EpochTimer, epoch_times
 from pipelines.config import Config, load_config
 
 TITLE = "Tracking overhead: MLflow on vs off for the same job"
 TARGET = 1.05
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits_cnn.yaml"
 
 
 def job(cfg: Config) -> dict[str, float]:
@@ -69,12 +77,10 @@ def configs(ctx: BenchContext, epochs: int) -> tuple[Config, Config]:
 
 def cli_job(folder: Path, overrides: list[str]) -> dict[str, float]:
     """``dlforge train CONFIG overrides`` in a fresh process; its wall time as the user sees it."""
-    command = [sys.executable, "-m", "pipelines", "train", str(CONFIG), f"output_dir={folder / 'out'}", *overrides]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    command = ["train", str(MAIN_CONFIG), f"output_dir={folder / 'out'}", *overrides]
+    wall, done = timed_dlforge(*command)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[2:])} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-300:]}")
     return {"total_s": wall}
 
 
@@ -124,7 +130,7 @@ def run(ctx: BenchContext) -> BenchResult:
         ),
     ]
     setup = {
-        "user_job": f"{CONFIG.name}, {user_epochs} epochs, a new process per run",
+        "user_job": f"{MAIN_CONFIG.name}, {user_epochs} epochs, a new process per run",
         "toy_job": f"digits CNN, defaults, {toy_epochs} epochs, 1 thread, in process",
         "store": "temporary sqlite",
     }
