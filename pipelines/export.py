@@ -438,9 +438,7 @@ def quantize_onnx(
     if recipe == "static" and not calibration:
         raise ValueError("static quantization needs calibration batches")
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        # shape inference + constant folding that the quantizer relies on (the dynamo graphs need it)
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        prepared = _prepare_for_quantization(src, Path(tmp))
         quantized = Path(tmp) / "int8.onnx"
         if recipe == "dynamic":
             quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8, per_channel=per_channel)
@@ -460,6 +458,34 @@ def quantize_onnx(
     _save_single_file(model, dst)
     check_onnx(dst)
     return dst
+
+
+def _prepare_for_quantization(src: Path, workdir: Path) -> Path:
+    """Shape inference + constant folding that the quantizer relies on (the dynamo graphs need it).
+
+    When symbolic shape inference cannot finish, ONNX Runtime dumps ``sym_shape_infer_temp.onnx`` and its external
+    data into the *current directory* before raising; running it inside ``workdir`` keeps those files out of the
+    user's folder. The plain ONNX shape inference that remains is enough for the quantizers.
+    """
+    prepared = workdir / "prepared.onnx"
+    with _working_directory(workdir):
+        try:
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        except Exception as exc:  # ORT raises a bare Exception here
+            if "symbolic shape inference" not in str(exc):
+                raise
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    return prepared
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 # ---------------------------------------------------------------- latency
