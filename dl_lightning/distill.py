@@ -3,6 +3,12 @@
 Classification: ``α · CE(student, y) + (1 − α) · T² · KL(softmax(teacher/T) ‖ softmax(student/T))``. The T² keeps
 the soft term's gradients at the same scale as the hard term's whatever the temperature (they shrink as 1/T²).
 Regression: ``α · MSE(student, y) + (1 − α) · MSE(student, teacher)``; the temperature plays no part.
+
+Following Beyer et al. 2022 ("a good teacher is patient and consistent"), teacher and student always see the very same
+input — whatever augmentation the data module applied to the batch — and, with ``mixup`` > 0, the batch is extended by
+mixed copies of its own examples (function matching: the teacher labels any input, so the student learns the
+teacher's function between the training points too, not only at them). Labels say nothing about a mixed input, so the
+hard term covers the real examples only.
 """
 
 from __future__ import annotations
@@ -40,6 +46,14 @@ def distillation_loss(
     return alpha * hard + (1.0 - alpha) * (t * t) * soft
 
 
+def mix_inputs(x: torch.Tensor, concentration: float) -> torch.Tensor:
+    """Each example blended with another of the batch, weight ``λ ~ Beta(c, c)`` per example (mixup's inputs)."""
+    lam = torch.distributions.Beta(concentration, concentration).sample((len(x),)).to(x)  # (B,)
+    lam = lam.reshape(-1, *([1] * (x.dim() - 1)))  # (B, 1, ...) broadcasts over features, steps, pixels
+    partner = x[torch.randperm(len(x), device=x.device)]
+    return lam * x + (1.0 - lam) * partner
+
+
 class DistillModule(L.LightningModule):
     """Trains ``student`` (a family LightningModule) against a frozen ``teacher`` net.
 
@@ -52,11 +66,23 @@ class DistillModule(L.LightningModule):
     switched to train mode by Lightning; it runs in eval mode under ``no_grad``.
     """
 
-    def __init__(self, student: L.LightningModule, teacher: nn.Module, task: str, alpha: float, temperature: float):
+    def __init__(
+        self,
+        student: L.LightningModule,
+        teacher: nn.Module,
+        task: str,
+        alpha: float,
+        temperature: float,
+        mixup: float = 0.0,
+    ):
         super().__init__()
-        if not 0.0 <= alpha <= 1.0 or temperature <= 0:
-            raise ValueError(f"need 0 ≤ alpha ≤ 1 and temperature > 0; got alpha={alpha}, temperature={temperature}")
-        self.save_hyperparameters("task", "alpha", "temperature")
+        if not 0.0 <= alpha <= 1.0 or temperature <= 0 or mixup < 0:
+            raise ValueError(
+                f"need 0 ≤ alpha ≤ 1, temperature > 0 and mixup ≥ 0; got alpha={alpha}, temperature={temperature}, "
+                f"mixup={mixup}"
+            )
+        self.save_hyperparameters("task", "alpha", "temperature", "mixup")
+        self.mixup = mixup
         self.student = student
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))  # not a submodule, on purpose
         self.task, self.alpha, self.temperature = task, alpha, temperature
@@ -71,11 +97,17 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
+        seen = torch.cat([x, mix_inputs(x, self.mixup)]) if self.mixup > 0 and x.is_floating_point() else x  # (B', ...)
         with torch.no_grad():
-            soft_targets = self.teacher(x)  # (B, K)
+            soft_targets = self.teacher(seen)  # (B', K)
+        out = self.student(seen)  # (B', K)
         loss = distillation_loss(
-            self.student(x), soft_targets, y, task=self.task, alpha=self.alpha, temperature=self.temperature
+            out[: len(x)], soft_targets[: len(x)], y, task=self.task, alpha=self.alpha, temperature=self.temperature
         )
+        if len(seen) > len(x):  # the mixed copies: the teacher's targets only, at the soft term's weight
+            loss = loss + distillation_loss(
+                out[len(x) :], soft_targets[len(x) :], y, task=self.task, alpha=0.0, temperature=self.temperature
+            ) * (1.0 - self.alpha)
         self.train_loss.update(loss.detach().expand(len(x)))  # one entry per example, as SupervisedModule._track
         if not self._loss_logged:  # the metric object, handed over once: Lightning computes it at epoch end
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)

@@ -7,6 +7,8 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
+from dl_lightning.data.kinds import KindChoice, choose_kind, mismatch_message
+from dl_lightning.data.loaders import source_kind
 from dl_lightning.data.spec import DataSpec
 from dl_lightning.errors import InputError
 from dl_lightning.modules.base import FAMILY_KEY, FamilyModule
@@ -36,20 +38,39 @@ def build_model(
         source: the data source, only to name it in the error when the family cannot take this kind of data.
 
     Raises:
-        InputError: unknown family, or one that cannot take ``spec.kind`` (the message suggests one that can).
+        InputError: unknown family, or one that cannot take ``spec.kind`` (the message names every fix).
     """
-    cls = FAMILIES.get(family)
-    if cls is None:
-        raise InputError(f"model.family={family} is unknown; use one of {', '.join(FAMILIES)}")
+    cls = _family(family)
     if spec.kind not in cls.accepts:
-        kinds = " or ".join(sorted(cls.accepts))
-        takers = [name for name, other in FAMILIES.items() if spec.kind in other.accepts]
-        raise InputError(
-            f"model.family={family} needs {kinds} data but {source or 'the data'} is {spec.kind}; "
-            f"use {' or '.join(takers)}"
-        )
+        raise InputError(mismatch_message(family, accepted_kinds(), spec.kind, source or "the data"))
     plain = {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}  # hparams: plain lists
     return cls(data=spec.to_dict(), optim=dict(optim), **plain)
+
+
+def accepted_kinds() -> dict[str, frozenset[str]]:
+    """Family name → the data kinds it takes."""
+    return {name: cls.accepts for name, cls in FAMILIES.items()}
+
+
+def kind_for_family(
+    family: str, source: str, *, kind: str | None = None, target: str | None = None, text_column: str | None = None
+) -> KindChoice:
+    """The ``data.kind`` to load ``source`` with for ``family``; cheap (array headers, or the table for CSV and
+    Parquet; nothing is split, built or trained), so a pipeline can call it before any stage starts.
+
+    A 2-D numeric source for cnn, rnn or transformer is read as signals (``KindChoice.note`` says so, for the
+    caller to print). Raises InputError for an unknown family, a missing source, or data the family cannot
+    take, naming every valid fix.
+    """
+    _family(family)
+    natural, shape = source_kind(source, target=target, text_column=text_column)
+    return choose_kind(family, accepted_kinds(), natural, kind=kind, shape=shape, source=source)
+
+
+def _family(family: str) -> type[FamilyModule]:
+    if family not in FAMILIES:
+        raise InputError(f"model.family={family} is unknown; use one of {', '.join(FAMILIES)}")
+    return FAMILIES[family]
 
 
 def load_model(checkpoint_path: str) -> L.LightningModule:

@@ -18,9 +18,17 @@ from dl_lightning.errors import InputError
 from pipelines.benchmarks.cli import BENCH_FLAGS, BENCH_HELP, cmd_bench
 from pipelines.config import Config, dump_yaml, load_config
 from pipelines.outputs import check_writable, write_json_atomic
+from pipelines.processes import job_scope, lock_output_dir
 
 EXIT_USAGE = 2
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell and SLURM report for a preempted process
+LOST_RANK_FIX = "see that rank's log for why it died, then rerun with --resume auto to continue from last.ckpt"
+AFTER_SIGTERM = {  # what each command can continue from: only train and tune have --resume
+    "train": "last.ckpt keeps the state — rerun with --resume auto",
+    "run": "rerun the same command: finished stages are skipped and training continues from last.ckpt",
+    "tune": "finished trials are kept — continue with dlforge tune --resume <output_dir>/tune/sweep-<time>",
+    "compress": "nothing was registered — rerun the same dlforge compress command (it starts over)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args.items = [*getattr(args, "items", []), *extra]
     _quiet_libraries(args.command)
     try:
-        return args.handler(args)
+        with job_scope():  # dies with a dlforge parent; its children die with it; its output_dir locks end with it
+            return args.handler(args)
     except InputError as exc:
         print(f"dlforge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -44,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         if not _preempted(exc):
             raise
-        print("dlforge: stopped by SIGTERM; last.ckpt keeps the state — rerun with --resume auto", file=sys.stderr)
+        print(f"dlforge: stopped by SIGTERM; {AFTER_SIGTERM.get(args.command, 'rerun it')}", file=sys.stderr)
         return EXIT_SIGTERM
     except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a file: never unpickle code
         from pipelines.guards import unpickling_reason
@@ -53,10 +62,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dlforge: error: refusing a checkpoint that is not plain tensors and values ({reason})", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
+        if _lost_rank(exc):  # one line, not the 54-line gloo/NCCL traceback of the rank that noticed
+            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+            print(f"dlforge: error: a DDP process was lost ({cause}); {LOST_RANK_FIX}", file=sys.stderr)
+            return 1
         if not isinstance(getattr(exc, "exit_code", None), int):
             raise
         print(f"dlforge: error: {exc}", file=sys.stderr)  # valid input, failed job (training diverged): exit 1
         return exc.exit_code
+
+
+def _lost_rank(exc: BaseException) -> bool:
+    """torch.distributed's errors when a peer process died (by name: predict never imports torch)."""
+    if type(exc).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError"):
+        return True
+    return isinstance(exc, RuntimeError) and any(
+        word in str(exc) for word in ("Connection closed by peer", "Connection reset by peer", "[gloo", "NCCL error")
+    )
 
 
 def _preempted(exc: SystemExit) -> bool:
@@ -86,11 +108,16 @@ def config_from(args: argparse.Namespace, preset: dict[str, Any] | None = None) 
 
 
 def write_summary(cfg: Config, command: str, started: float, **fields: Any) -> Path:
-    """``<output_dir>/summary.json``: command, resolved config, metrics, paths, wall time, run id, extras."""
+    """``<output_dir>/summary.json``: command, resolved config, metrics, paths, wall time, run id, extras.
+
+    Credentials in URIs and secret-looking values are redacted in ``argv`` and ``config``.
+    """
+    from pipelines.tracking import redact_argv, redacted_config
+
     summary = {
         "command": command,
-        "argv": sys.argv,
-        "config": cfg.to_dict(),
+        "argv": redact_argv(sys.argv),  # tracking.uri=http://user:password@… must not land in a file
+        "config": redacted_config(cfg),
         **fields,
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
@@ -104,24 +131,31 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines import guards, tracking
+    from pipelines.preflight import check_data, check_resume_fits
     from pipelines.train import check_resources, train
 
     started = time.perf_counter()
     cfg = config_from(args)
     check_writable(cfg.output_dir)
+    splits = check_data(cfg)  # bad data is refused before the lock, the run or the store exist
+    lock_output_dir(cfg.output_dir)
     check_resources(cfg)
+    if args.parent_run_id is None and (unused := _unused_tune_keys(cfg)):  # a pipeline's stage config holds its sweep's
+        print(f"dlforge: {', '.join(unused)} unused: dlforge train never sweeps (dlforge tune or run does)", flush=True)
     resume = _resume_path(cfg, args.resume)
     if resume:
         guards.check_checkpoint(resume)  # weights_only: a hostile pickle is refused before anything loads it
+        check_resume_fits(cfg, splits, resume)  # another architecture or data: one line, not a size-mismatch trace
     continued = tracking.run_id_from_checkpoint(resume) if cfg.tracking.enabled else None
     run = tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=args.parent_run_id)
     with guards.sigterm_exits(), run as run_id:
         callbacks = tracking.lightning_callbacks(cfg, run_id)
-        result = train(cfg, resume=resume, callbacks=callbacks, run_id=run_id)
+        result = train(cfg, resume=resume, callbacks=callbacks, run_id=run_id, splits=splits)
         logged = tracking.log_train_result(run_id, cfg, result)
     if not result.is_global_zero:
         return 0
     paths = {"best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint}
+    paths |= _review_paths(cfg)  # review plots and reports (tracking on), GAN samples: in paths like every file
     summary = write_summary(
         cfg,
         "train",
@@ -133,51 +167,92 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=result.data_brief(),
     )
     version = logged.model_version and f"{tracking.registered_model_name(cfg)} version {logged.model_version}"
-    _print_result(result.metrics, {**paths, "registered": version}, summary)
+    shown = {k: v for k, v in paths.items() if k not in ("plots", "review_reports")}  # lists: in summary.json
+    _print_result(result.metrics, {**shown, "registered": version}, summary)
     return 0
 
 
+def _review_paths(cfg: Config) -> dict[str, list[str]]:
+    from pipelines.run import review_paths
+
+    return review_paths(Path(cfg.output_dir).absolute())
+
+
+def _unused_tune_keys(cfg: Config) -> list[str]:
+    from pipelines.run import unused_tune_keys
+
+    return unused_tune_keys(cfg)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.run import check_pipeline, quick_overrides, run_pipeline
+    from pipelines import run
+    from pipelines.guards import sigterm_exits
+    from pipelines.preflight import check_data
     from pipelines.train import check_resources
 
     started = time.perf_counter()
-    cfg = config_from(args, preset=quick_overrides() if args.quick else None)
+    cfg = config_from(args, preset=run.quick_overrides() if args.quick else None)
+    cfg = cfg.with_overrides({"tune.enabled": False}) if args.no_sweep else cfg
     check_writable(cfg.output_dir)
+    check_data(cfg)  # bad data: exit 2 before pipeline_state.json, a stage folder or a run exist
+    lock_output_dir(cfg.output_dir)
     check_resources(cfg)
-    check_pipeline(cfg)
-    result = run_pipeline(cfg, force=args.force)
-    trained = result.stages["train"]
+    run.check_pipeline(cfg)
+    if not cfg.tune.enabled and (unused := run.unused_tune_keys(cfg)):
+        print(f"dlforge: {', '.join(unused)} unused: the sweep is off (tune.enabled=false or --no-sweep)", flush=True)
+    with sigterm_exits():  # SIGTERM outside a fit (sweep, compress, waiting on the train child) closes runs KILLED
+        result = run.run_pipeline(cfg, force=args.force)
+    compressed = result.stages["compress"]
+    champion = run.champion_of(result, cfg.tracking.enabled)
     summary = write_summary(
         cfg,
         "run",
         started,
-        metrics=trained["metrics"],
-        champion=result.champion,
-        gates=result.stages["compress"]["gates"],
-        passed=result.stages["compress"]["passed"],
+        metrics=result.stages["train"]["metrics"],
+        champion=champion,
+        registry=result.champion,
+        gates=compressed["gates"],
+        passed=compressed["passed"],
         skipped_stages=result.skipped,
         stage_seconds=result.timings,
-        paths={"report_md": result.report_md, "report_html": result.report_html, **trained["paths"]},
+        paths=run.pipeline_paths(result),
+        models=run.registered_models(result),
         mlflow_run_id=result.run_id,
     )
     _print_pipeline(cfg, result, summary)
-    return 0 if result.stages["compress"]["passed"] else 1
+    failed = [g for g in compressed["gates"] if not g["passed"]]
+    _print_failed_gates(failed, champion)
+    return run.exit_code(champion is not None, failed, strict=args.strict)
+
+
+def _print_failed_gates(failed: list[dict[str, Any]], champion: str | None) -> None:
+    for gate in failed:
+        print(f"dlforge: gate failed: {gate['name']} ({gate['detail']})", file=sys.stderr)
+    if champion is None:
+        print("dlforge: no artifact passed its own gates; nothing registered", file=sys.stderr)
 
 
 def _print_pipeline(cfg: Config, result: Any, summary: Path) -> None:
     champion = result.champion or {}
     if champion.get("champion"):
-        print(f"  champion           {champion['name']} version {champion['champion']}")
+        print(f"  champion           {champion['name']} version {champion['champion']} ({champion['model']})")
     elif cfg.tracking.enabled:
-        print("  champion           none: no version has passed its gates")
+        print("  champion           none: no artifact has passed its own gates")
+    elif result.stages["compress"].get("champion"):
+        print(f"  champion           {result.stages['compress']['champion']} (tracking off: not registered)")
     _print_result(result.stages["train"]["metrics"], {"report": result.report_html}, summary)
     if cfg.tracking.enabled:
-        extra = " ".join(a for a in sys.argv[2:] if a.endswith((".yaml", ".yml")) or a.startswith("tracking."))
+        from pipelines.tracking import redact_argv
+
+        shown = redact_argv(sys.argv[2:])
+        extra = " ".join(a for a in shown if a.endswith((".yaml", ".yml")) or a.startswith("tracking."))
         print(f"  dashboard          dlforge ui {extra}".rstrip())
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from pipelines.guards import sigterm_exits
+    from pipelines.preflight import check_data
+    from pipelines.run import sweep_paths
     from pipelines.sweep import format_table, load_sweep_config, sweep
     from pipelines.train import check_resources
 
@@ -186,8 +261,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise InputError("--resume continues a sweep with its saved config; drop the config file and overrides")
     cfg = load_sweep_config(args.resume) if args.resume else config_from(args)
     check_writable(cfg.output_dir)
+    check_data(cfg)  # before the lock, Ray and the sweep's run
+    lock_output_dir(cfg.output_dir)
     check_resources(cfg)  # before Ray starts
-    result = sweep(cfg, resume=args.resume)
+    with sigterm_exits():  # exit 143 with the sweep's runs closed KILLED, not Ray's abort (134)
+        result = sweep(cfg, resume=args.resume)
     print(format_table(result))
     best = {"metric": result.metric, "mode": result.mode, "value": result.best_metric, "trial": result.best_trial}
     summary = write_summary(
@@ -201,7 +279,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         stopped_early=result.stopped_early,
         errored=result.errored,
         trials=result.trials,
-        paths={"results_csv": result.results_csv, "plot": result.plot, "experiment_path": result.experiment_path},
+        paths=sweep_paths(dataclasses.asdict(result)),
         timing=result.timing,
         mlflow_run_id=result.run_id,
     )
@@ -249,13 +327,19 @@ EXIT_GATE_FAILED = 1
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from pipelines.compress import compress, print_report
+    from pipelines.guards import sigterm_exits
+    from pipelines.run import compress_paths, exit_code
+    from pipelines.train import load_data
 
     started = time.perf_counter()
     cfg = config_from(args)
     if not args.teacher:
         raise InputError("dlforge compress needs --teacher CKPT|RUN_ID|models:/<name>@<alias>")
     check_writable(cfg.output_dir)
-    result = compress(cfg, args.teacher)
+    load_data(cfg)  # bad data: exit 2 before a teacher is downloaded into output_dir or a run is opened
+    lock_output_dir(cfg.output_dir)
+    with sigterm_exits():  # SIGTERM outside the distillation fit also closes the runs KILLED
+        result = compress(cfg, args.teacher)
     print_report(result)
     summary = write_summary(
         cfg,
@@ -265,7 +349,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         rows=[dataclasses.asdict(r) for r in result.rows],
         gates=[dataclasses.asdict(g) for g in result.gates],
         passed=result.passed,
-        paths={**result.files, "report_md": result.report_md, "report_json": result.report_json},
+        champion=result.champion,
+        paths=compress_paths(dataclasses.asdict(result)),
+        models=(result.registered or {}).get("models", {}),
         student=result.student,
         teacher_run_id=result.teacher_run_id,
         mlflow_run_id=result.run_id,
@@ -274,11 +360,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if result.registered and "uri" in result.registered:
         print(f"  {'registered':<18} {result.registered['uri']} (version {result.registered['version']})")
     print(f"  {'report':<18} {result.report_md}\n  {'summary':<18} {summary}")
-    if not result.passed:
-        failed = "; ".join(f"{g.name} ({g.detail})" for g in result.gates if not g.passed)
-        print(f"dlforge: gate failed: {failed}; nothing registered", file=sys.stderr)
-        return EXIT_GATE_FAILED
-    return 0
+    _print_failed_gates([dataclasses.asdict(g) for g in result.failed], result.champion)
+    return exit_code(result.champion is not None, result.failed, strict=args.strict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -290,7 +373,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, source = positional
     cfg = load_config(None, [item for item in args.items if "=" in item])  # tracking.* finds a registry model
     output = args.output or str(Path(source).with_suffix("")) + ".predictions.csv"
-    check_writable(Path(output).absolute().parent)  # before the model runs: fail fast, write nothing
+    check_writable(Path(output).absolute().parent, what="--output")  # before the model runs: write nothing
     path, count = predict(model, source, output, cfg)
     print(f"  {count} predictions → {path}")
     return 0
@@ -327,13 +410,18 @@ COMMANDS: dict[str, tuple[Handler, str, dict[str, dict[str, Any]]]] = {
         {
             "--quick": {"action": "store_true", "help": "shrink the job to minutes (configs/quick.yaml overlay)"},
             "--force": {"action": "store_true", "help": "rerun stages already done with the same inputs"},
+            "--no-sweep": {"action": "store_true", "help": "skip the sweep (as tune.enabled=false): train the config"},
+            "--strict": {"action": "store_true", "help": "exit 1 when any gate failed, even with a champion"},
         },
     ),
     "show": (cmd_show, "print the resolved config", {}),
     "compress": (
         cmd_compress,
         "distill a smaller student, export to ONNX, quantize to INT8, measure, gate and report",
-        {"--teacher": {"metavar": "CKPT|RUN_ID|models:/NAME@ALIAS", "help": "the trained model to compress"}},
+        {
+            "--teacher": {"metavar": "CKPT|RUN_ID|models:/NAME@ALIAS", "help": "the trained model to compress"},
+            "--strict": {"action": "store_true", "help": "exit 1 when any gate failed, even with a champion"},
+        },
     ),
     "predict": (
         cmd_predict,

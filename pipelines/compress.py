@@ -2,9 +2,13 @@
 
 Reads like its table of contents, :func:`compress`: load the teacher, load the data, ship the teacher (export, parity,
 quantize, measure), distill a smaller student and train the same student from scratch, ship the student, evaluate
-the gates, write the report, and — tracking on — log it all to the compress run and, when every gate passed, register
-the shipped ONNX model. Every model is scored by the same function on the same test split, so the rows of the report
-differ only in the model.
+the gates, choose the champion, write the report, and — tracking on — log it all to the compress run and register every
+ONNX file whose own gates passed. Every model is scored by the same function on the same test split, so the rows of the
+report differ only in the model.
+
+Gates guard what they gate: parity guards an fp32 file and the INT8 file made from it, an INT8 drop its INT8 file, the
+student drop both student files. The champion is the first artifact of ``compress.register``'s preference order whose
+own gates passed (:func:`preference`): a failing student never blocks a passing teacher INT8.
 
 MLflow metrics are ``compress/<row key>/<what>``: the row keys are stable (``teacher_fp32_pytorch``,
 ``teacher_fp32_onnx``, ``teacher_int8_onnx``, ``student_…``, ``student_scratch_pytorch``) whatever the INT8 recipe,
@@ -55,6 +59,7 @@ class Teacher:
     spec: DataSpec
     arch: dict[str, Any]  # the family's keyword arguments, without data and optim
     run_id: str | None
+    epochs: int = 0  # the teacher's own trainer.max_epochs: the student's budget under compress.epochs=auto
 
 
 @dataclass(frozen=True)
@@ -74,14 +79,21 @@ class Row:
 
 @dataclass(frozen=True)
 class Gate:
+    """One check, and the artifacts (``CompressResult.files`` keys) it guards: a failure ships none of them."""
+
     name: str
     passed: bool
     detail: str
+    guards: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class CompressResult:
-    """What the stage hands forward: files by path, rows, gates; ``passed`` means every gate passed."""
+    """What the stage hands forward: files by path, rows, gates and the champion.
+
+    ``champion`` is the artifact (a ``files`` key) shipped: the first of ``compress.register``'s preference order
+    whose own gates all passed, or ``None`` when none did. ``passed`` means every gate passed.
+    """
 
     output_dir: str
     metric: str | None  # test/acc, test/mse or None (gan)
@@ -93,11 +105,21 @@ class CompressResult:
     teacher_run_id: str | None
     run_id: str | None = None
     student: dict[str, Any] = field(default_factory=dict)
-    registered: dict[str, str] | None = None  # name, version, alias, uri, model — when a version was registered
+    registered: dict[str, Any] | None = None  # name, versions; version, alias, uri, model — of the champion
+    champion: str | None = None
 
     @property
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
+
+    @property
+    def shipped(self) -> list[str]:
+        """The artifacts whose own gates all passed, in ``files`` order."""
+        return shippable(self.files, self.gates)
+
+    @property
+    def failed(self) -> list[Gate]:
+        return [g for g in self.gates if not g.passed]
 
 
 @dataclass(frozen=True)
@@ -147,29 +169,106 @@ def _compress(cfg: Config, teacher: Teacher, splits: Splits, probe: Probe, run_i
     role = "generator" if teacher.family == "gan" else "teacher"
     rows, files, gates = ship(cfg, net, example, role, teacher, teacher.family, probe, out / "onnx")
     student: dict[str, Any] = {}
-    if teacher.family != "gan" and cfg.compress.epochs > 0:
-        family, arch = student_arch(cfg, teacher)
-        distilled, scratch = train_students(cfg, teacher, splits, family, arch)
-        s_net, s_example = distilled.export_net()
-        s_rows, s_files, s_gates = ship(cfg, s_net, s_example, "student", teacher, family, probe, out / "onnx")
-        teacher_row, student_row = rows[0], s_rows[0]  # both PyTorch fp32
+    checkpoints: dict[str, str] = {}
+    if teacher.family != "gan" and student_epochs(cfg, teacher) > 0:
+        s_rows, s_files, s_gates, student, checkpoints = _student(cfg, teacher, splits, probe, rows[0], out)
         rows, files, gates = [*rows, *s_rows], files | s_files, [*gates, *s_gates]
-        if scratch is not None:
-            label, scratch_net = "student from scratch (PyTorch)", scratch.export_net()[0]
-            rows.append(measure_torch(cfg, label, "student_scratch_pytorch", scratch_net, probe))
-        student = {"family": family, "arch": arch, "params_ratio": student_row.params / max(teacher_row.params, 1)}
-        if scratch is not None and probe.task is not None:
-            student["gain_over_scratch"] = -drop_points(rows[-1].metric, student_row.metric, probe.task)
-        limit = cfg.compress.max_student_drop
-        gates.append(metric_gate("student drop", teacher_row.metric, student_row.metric, probe.task, limit))
     metric = None if probe.task is None else ("test/acc" if probe.task == "classification" else "test/mse")
+    champion = choose_champion(preference(cfg, teacher), files, gates)
     report = {
         "metric": metric,
         "teacher": {"checkpoint": teacher.checkpoint, "family": teacher.family, "run_id": teacher.run_id},
         "student": student,
+        "champion": champion,
+        "files": files,
+        "shipped": shippable(files, gates),
+        "checkpoints": checkpoints,
     }
     md, js = write_report(out, report, rows, gates)
-    return CompressResult(str(out), metric, rows, gates, files, str(md), str(js), teacher.run_id, run_id, student)
+    return CompressResult(
+        str(out), metric, rows, gates, files, str(md), str(js), teacher.run_id, run_id, student, champion=champion
+    )
+
+
+def _student(
+    cfg: Config, teacher: Teacher, splits: Splits, probe: Probe, teacher_row: Row, out: Path
+) -> tuple[list[Row], dict[str, str], list[Gate], dict[str, Any], dict[str, str]]:
+    """Distil (and train from scratch) the student, ship it, gate it against the teacher.
+
+    Returns its rows, files, gates, the facts the report gives about it, and its checkpoints.
+    """
+    family, arch = sized_student_arch(cfg, teacher)
+    distilled, scratch = train_students(cfg, teacher, splits, family, arch)
+    s_net, s_example = distilled.export_net()
+    rows, files, gates = ship(cfg, s_net, s_example, "student", teacher, family, probe, out / "onnx")
+    student_row = rows[0]  # PyTorch fp32, as the teacher's
+    ratio = student_row.params / max(teacher_row.params, 1)
+    facts: dict[str, Any] = {
+        "family": family,
+        "arch": arch,
+        "params_ratio": ratio,
+        "epochs": student_epochs(cfg, teacher),
+    }
+    if scratch is not None:
+        rows.append(
+            measure_torch(cfg, "student from scratch (PyTorch)", "student_scratch_pytorch", scratch_net(scratch), probe)
+        )
+        if probe.task is not None:
+            facts["gain_over_scratch"] = -drop_points(rows[-1].metric, student_row.metric, probe.task)
+    limit = cfg.compress.max_student_drop
+    gate = metric_gate("student drop", teacher_row.metric, student_row.metric, probe.task, limit)
+    if not gate.passed:  # the architecture cannot hold the teacher's accuracy: say so, ship neither student file
+        gate = dataclasses.replace(
+            gate,
+            detail=f"{gate.detail}; a student at {ratio:.0%} of the teacher's parameters "
+            "cannot hold its accuracy — not shipped",
+        )
+    gates.append(dataclasses.replace(gate, guards=("student", "student-int8")))
+    names = ("student", "scratch") if scratch is not None else ("student",)
+    found = [(n, p) for n in names for p in sorted((out / n / "checkpoints").glob("*.ckpt"))]
+    return rows, files, gates, facts, {f"{n}_{p.stem}_checkpoint": str(p) for n, p in found}
+
+
+def scratch_net(module: L.LightningModule) -> nn.Module:
+    return module.export_net()[0]
+
+
+def student_epochs(cfg: Config, teacher: Teacher) -> int:
+    """The student's budget: ``compress.epochs``, or under ``auto`` the teacher's own epochs (10 when unknown)."""
+    epochs = cfg.compress.epochs
+    if epochs == "auto":
+        return teacher.epochs or 10
+    return int(epochs)
+
+
+def shippable(files: dict[str, str], gates: list[Gate]) -> list[str]:
+    """The artifacts none of whose own gates failed: a gate guards those its ``guards`` names, or all without any."""
+    failed = [g for g in gates if not g.passed]
+    if any(not g.guards for g in failed):
+        return []
+    held = {key for g in failed for key in g.guards}
+    return [key for key in files if key not in held]
+
+
+def preference(cfg: Config, teacher: Teacher) -> list[str]:
+    """The champion's preference order: ``compress.register`` first, then its other precision, then the other model.
+
+    ``teacher-int8`` (the default, also under ``register=none``) → teacher, student-int8, student.
+    """
+    first = cfg.compress.register if cfg.compress.register != "none" else "teacher-int8"
+    model, _, int8 = first.partition("-")
+    other = "student" if model == "teacher" else "teacher"
+    order = [first, model if int8 else f"{model}-int8", f"{other}-int8" if int8 else other]
+    order.append(other if int8 else f"{other}-int8")
+    if teacher.family == "gan":
+        order = [key.replace("teacher", "generator") for key in order]
+    return order
+
+
+def choose_champion(order: list[str], files: dict[str, str], gates: list[Gate]) -> str | None:
+    """The first artifact of ``order`` that was made and whose own gates passed; ``None`` when none qualifies."""
+    ok = set(shippable(files, gates))
+    return next((key for key in order if key in ok), None)
 
 
 def ship(
@@ -201,7 +300,9 @@ def ship(
     rows.append(
         measure_onnx(cfg, f"{role} fp32 (ONNX)", f"{role}_fp32_onnx", fp32, rows[0].params, probe, parity.max_abs_diff)
     )
-    gates = [Gate(f"{role} parity", parity.passed, f"max |Δ| {parity.max_abs_diff:.2e} ≤ {parity.tolerance:.1e}")]
+    detail = f"max |Δ| {parity.max_abs_diff:.2e} ≤ {parity.tolerance:.1e}"
+    # the INT8 graph is the fp32 graph quantized: an export that does not match PyTorch spoils both files
+    gates = [Gate(f"{role} parity", parity.passed, detail, (role, f"{role}-int8"))]
     files = {role: str(fp32)}
     recipe = export.choose_recipe(export.load_onnx(fp32, with_weights=False), c.quantization)
     if recipe != "none":
@@ -212,7 +313,8 @@ def ship(
         rows.append(measure_onnx(cfg, name, f"{role}_int8_onnx", int8, rows[0].params, probe, None))
         files[f"{role}-int8"] = str(int8)
         if probe.task is not None:
-            gates.append(metric_gate(f"{role} INT8 drop", rows[1].metric, rows[2].metric, probe.task, c.max_int8_drop))
+            gate = metric_gate(f"{role} INT8 drop", rows[1].metric, rows[2].metric, probe.task, c.max_int8_drop)
+            gates.append(dataclasses.replace(gate, guards=(f"{role}-int8",)))
     return rows, files, gates
 
 
@@ -233,9 +335,9 @@ def load_teacher(ref: str, cfg: Config | None = None) -> Teacher:
         ) from None
     hparams = dict(checkpoint["hyper_parameters"])
     spec = DataSpec.from_dict(hparams.pop("data"))
-    hparams.pop("optim", None)
+    epochs = int((hparams.pop("optim", None) or {}).get("max_epochs") or 0)
     run_id = run_id or _checkpoint_run_id(path)
-    return Teacher(module.eval(), path, checkpoint[FAMILY_KEY], spec, hparams, run_id)
+    return Teacher(module.eval(), path, checkpoint[FAMILY_KEY], spec, hparams, run_id, epochs)
 
 
 def _checkpoint_run_id(path: str) -> str | None:
@@ -284,14 +386,33 @@ def _short(value: Any) -> str:
 # ---------------------------------------------------------------- student
 
 
-def student_arch(cfg: Config, teacher: Teacher) -> tuple[str, dict[str, Any]]:
+def student_arch(cfg: Config, teacher: Teacher, width: float | None = None) -> tuple[str, dict[str, Any]]:
     """The student's family and keyword arguments: the starting architecture shrunk by ``compress.student``."""
     s = cfg.compress.student
     if s.family == "same":
         family, arch = teacher.family, dict(teacher.arch)
     else:
         family, arch = s.family, dataclasses.replace(cfg.model, family=s.family).arch()
-    return family, shrink(arch, s.width, s.depth)
+    return family, shrink(arch, s.width if width is None else width, s.depth)
+
+
+def sized_student_arch(cfg: Config, teacher: Teacher) -> tuple[str, dict[str, Any]]:
+    """:func:`student_arch`, narrowed (width × 0.9 per step) until it has at most ``compress.student.max_params``
+    of the teacher's parameters — widths 0.5 of an MLP quarter its hidden layers but only halve its input layer."""
+    s = cfg.compress.student
+    family, arch = student_arch(cfg, teacher)
+    if not s.max_params:
+        return family, arch
+    budget = s.max_params * _count(teacher.module.export_net()[0])
+    width = s.width
+    while _count(build_model(family, teacher.spec, arch, {}).export_net()[0]) > budget and width > 0.02:
+        width *= 0.9
+        family, arch = student_arch(cfg, teacher, width)
+    return family, arch
+
+
+def _count(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
 
 
 def shrink(arch: dict[str, Any], width: float, depth: int) -> dict[str, Any]:
@@ -319,42 +440,46 @@ def train_students(
 ) -> tuple[L.LightningModule, L.LightningModule | None]:
     """The distilled student and (when ``compress.scratch``) the same student trained on labels alone.
 
-    Both start from the same seed, hence the same initial weights, and get the same epochs, data and optimizer.
+    Both start from the same seed, hence the same initial weights, and get the same epochs, data, optimizer and lr
+    schedule: the difference between them is the teacher's.
     """
     c = cfg.compress
-    distilled = _build_student(cfg, teacher, family, arch)
-    module = DistillModule(distilled, teacher.module, teacher.spec.task, c.alpha, c.temperature)
-    _fit(cfg, module, splits, "student")
+    fit_cfg = student_fit_config(cfg, teacher, family)
+    distilled = _build_student(fit_cfg, teacher, family, arch)
+    module = DistillModule(distilled, teacher.module, teacher.spec.task, c.alpha, c.temperature, c.mixup)
+    _fit(fit_cfg, module, splits, "student")
     if not c.scratch:
         return distilled, None
-    scratch = _build_student(cfg, teacher, family, arch)
-    _fit(cfg, scratch, splits, "scratch")
+    scratch = _build_student(fit_cfg, teacher, family, arch)
+    _fit(fit_cfg, scratch, splits, "scratch")
     return distilled, scratch
 
 
-def _student_cfg(cfg: Config, name: str, family: str) -> Config:
-    """The training config of a student fit: its own folder, the compress budget, one process."""
-    out = Path(cfg.output_dir).absolute() / name
-    return cfg.with_overrides(
-        {
-            "output_dir": str(out),
-            "model.family": family,
-            "trainer.max_epochs": cfg.compress.epochs,
-            "trainer.devices": 1,  # a small student on one process: DDP would relaunch the whole command
-            "trainer.num_nodes": 1,
-            "trainer.strategy": "auto",
-        }
-    )
+def student_fit_config(cfg: Config, teacher: Teacher, family: str) -> Config:
+    """The training config of a student fit: the compress budget and schedule, one process.
+
+    A patient schedule (Beyer et al. 2022): as many epochs as the teacher had under ``compress.epochs=auto``, the lr
+    decaying on a cosine to its end under ``compress.schedule=cosine``.
+    """
+    overrides: dict[str, Any] = {
+        "model.family": family,
+        "trainer.max_epochs": student_epochs(cfg, teacher),
+        "trainer.devices": 1,  # a small student on one process: DDP would relaunch the whole command
+        "trainer.num_nodes": 1,
+        "trainer.strategy": "auto",
+    }
+    if cfg.compress.schedule == "cosine":
+        overrides["optim.scheduler"] = "cosine"
+    return cfg.with_overrides(overrides)
 
 
-def _build_student(cfg: Config, teacher: Teacher, family: str, arch: dict[str, Any]) -> L.LightningModule:
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return build_model(family, teacher.spec, arch, optim_settings(_student_cfg(cfg, "student", family)))
+def _build_student(fit_cfg: Config, teacher: Teacher, family: str, arch: dict[str, Any]) -> L.LightningModule:
+    L.seed_everything(fit_cfg.seed, workers=True, verbose=False)
+    return build_model(family, teacher.spec, arch, optim_settings(fit_cfg))
 
 
 def _fit(cfg: Config, module: L.LightningModule, splits: Splits, name: str) -> None:
-    family = module.student.family if isinstance(module, DistillModule) else module.family
-    fit_cfg = _student_cfg(cfg, name, family)
+    fit_cfg = cfg.with_overrides({"output_dir": str(Path(cfg.output_dir).absolute() / name)})
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = DlforgeDataModule(
         splits,
@@ -488,9 +613,35 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     lines += ["| " + " | ".join(table_cells(r)) + " |" for r in report["rows"]]
     lines += ["", "## Gates", ""]
-    lines += [f"- {'PASS' if g['passed'] else 'FAIL'} — {g['name']}: {g['detail']}" for g in report["gates"]]
-    verdict = "all gates passed" if report["passed"] else "a gate failed: nothing is registered"
-    return "\n".join([*lines, "", f"**{verdict}**", ""])
+    lines += [
+        f"- {'PASS' if g['passed'] else 'FAIL'} — {g['name']}: {g['detail']}{_guards(g)}" for g in report["gates"]
+    ]
+    return "\n".join([*lines, "", f"**{verdict(report)}**", ""])
+
+
+def _guards(gate: dict[str, Any]) -> str:
+    return f" (guards {', '.join(gate['guards'])})" if gate.get("guards") else ""
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """One line: the champion and what was held back, from a report (or a ``CompressResult`` as a dict)."""
+    shipped = report.get("shipped") or []
+    held = [k for k in report.get("files") or {} if k not in shipped]
+    failed = [g["name"] for g in report["gates"] if not g["passed"]]
+    if report.get("champion") is None:
+        return "no artifact passed its own gates: nothing is shipped" + (
+            f" (failed: {', '.join(failed)})" if failed else ""
+        )
+    text = f"champion: {report['champion']}; shipped: {', '.join(shipped)}"
+    if failed:
+        text += f"; failed: {', '.join(failed)}" + (f" — not shipped: {', '.join(held)}" if held else "")
+    return text
+
+
+def result_summary(result: CompressResult) -> dict[str, Any]:
+    """What :func:`verdict` reads, from a result."""
+    gates = [dataclasses.asdict(g) for g in result.gates]
+    return {"gates": gates, "champion": result.champion, "shipped": result.shipped, "files": result.files}
 
 
 def print_report(result: CompressResult) -> None:
@@ -507,6 +658,7 @@ def print_report(result: CompressResult) -> None:
     console.print(table)
     for g in result.gates:
         console.print(f"  {'[green]PASS[/]' if g.passed else '[red]FAIL[/]'} {g.name}: {g.detail}")
+    console.print(f"  {verdict(result_summary(result))}")
 
 
 # ---------------------------------------------------------------- tracking
@@ -564,7 +716,7 @@ def registered_key(cfg: Config, teacher: Teacher) -> str | None:
     if choice == "none" or not cfg.tracking.enabled:
         return None
     model, _, int8 = choice.partition("-")
-    if model == "student" and (teacher.family == "gan" or cfg.compress.epochs == 0):
+    if model == "student" and (teacher.family == "gan" or cfg.compress.epochs == 0):  # auto: the teacher's, ≥ 1
         why = "a GAN ships its generator" if teacher.family == "gan" else "compress.epochs=0 trains none"
         raise InputError(f"compress.register={choice} needs a student, but {why}; set compress.register=teacher-int8")
     if model == "teacher" and teacher.family == "gan":
@@ -580,38 +732,42 @@ def registered_model_name(cfg: Config, family: str) -> str:
 def log_result(
     cfg: Config, run_id: str | None, teacher: Teacher, probe: Probe, result: CompressResult
 ) -> CompressResult:
-    """Metrics, report and ONNX files to the compress run; when every gate passed, the shipped model registered.
+    """Metrics, report and ONNX files to the compress run; every artifact whose own gates passed registered.
 
-    Passing models are logged with the ONNX flavor (one file, a float32 — int64 for text — signature and input
-    example), so ``mlflow.pyfunc.load_model`` serves them. A failed gate keeps the files as plain artifacts for
-    review and registers nothing.
+    Shipped artifacts are logged with the ONNX flavor (one file, a float32 — int64 for text — signature and input
+    example), so ``mlflow.pyfunc.load_model`` serves them, and registered as versions of
+    ``<experiment>-<family>-onnx``, each under its own alias; the champion also under ``candidate`` (unless
+    ``compress.register=none``). An artifact with a failed gate stays a plain artifact (``onnx/``) for review.
     """
     if run_id is None:
         return result
     tracking.log_metrics(run_id, report_metrics(result))
     tracking.log_artifact(run_id, result.report_md, "compress")
     tracking.log_artifact(run_id, result.report_json, "compress")
-    if not result.passed:
-        for path in result.files.values():
-            tracking.log_artifact(run_id, path, "onnx")
-        tracking.set_tags(run_id, {"dlforge.gates": "failed"})
+    shipped = result.shipped
+    for key in [k for k in result.files if k not in shipped]:
+        tracking.log_artifact(run_id, result.files[key], "onnx")
+    status = "passed" if result.passed else ("partial" if shipped else "failed")
+    tracking.set_tags(run_id, {"dlforge.gates": status})
+    if not shipped:
         return result
-    uris = {key: _log_onnx(run_id, key, Path(path), teacher, probe) for key, path in result.files.items()}
-    tracking.set_tags(run_id, {"dlforge.gates": "passed"})
+    uris = {key: _log_onnx(run_id, key, Path(result.files[key]), teacher, probe) for key in shipped}
     name = registered_model_name(cfg, teacher.family)
     versions = {key: _register(name, key, uris[key], run_id, teacher, result) for key in uris}
     tracking.set_tags(run_id, {"dlforge.registered": ", ".join(f"{name}/{v}" for v in versions.values())})
-    key = registered_key(cfg, teacher)
-    if key is None:
-        return dataclasses.replace(result, registered={"name": name, "versions": versions})
-    tracking.set_alias(name, tracking.CANDIDATE, versions[key])
-    registered = {
+    registered: dict[str, Any] = {
         "name": name,
-        "version": versions[key],
+        "versions": versions,
+        "models": {key: f"models:/{name}/{v}" for key, v in versions.items()},
+    }
+    if result.champion is None or cfg.compress.register == "none":
+        return dataclasses.replace(result, registered=registered)
+    tracking.set_alias(name, tracking.CANDIDATE, versions[result.champion])
+    registered |= {
+        "version": versions[result.champion],
         "alias": tracking.CANDIDATE,
         "uri": f"models:/{name}@{tracking.CANDIDATE}",
-        "model": key,
-        "versions": versions,
+        "model": result.champion,
     }
     return dataclasses.replace(result, registered=registered)
 

@@ -21,6 +21,8 @@ import yaml
 from dl_lightning.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_YAML_BYTES = 1_000_000  # a config is a few kB; the bound keeps a hostile file from costing memory or time
+MAX_YAML_NODES = 100_000  # values after expanding YAML aliases (an alias bomb expands to billions)
 
 
 class ConfigError(InputError):
@@ -52,7 +54,8 @@ class DataConfig:
     test_fraction: float = field(default=0.15, metadata=_check(gt=0, le=0.5))
     batch_size: int = field(default=64, metadata=_check(ge=1))  # per process; global = batch × devices × nodes
     num_workers: int = field(default=0, metadata=_check(ge=0))
-    image_size: int = field(default=32, metadata=_check(ge=4))  # image folders are resized to this square
+    # image folders: resized to this square, or auto: their own size (all alike) else the median, longer side ≤ 64
+    image_size: int | Literal["auto"] = field(default="auto", metadata=_check(ge=4))
     max_len: int = field(default=64, metadata=_check(ge=1))  # text: tokens per example after pad/truncate
     max_vocab: int = field(default=20000, metadata=_check(ge=10))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -167,6 +170,9 @@ class StudentConfig:
     family: Literal["same", "mlp", "cnn", "rnn", "transformer"] = "same"
     width: float = field(default=0.5, metadata=_check(gt=0, le=4))
     depth: int = field(default=0, metadata=_check(ge=0))  # 0 = the starting architecture's depth
+    # at most this fraction of the teacher's parameters: the width narrows below `width` until the student fits
+    # (an input or output layer shrinks with the width, not its square); 0 = no limit
+    max_params: float = field(default=0.25, metadata=_check(ge=0, le=1))
 
 
 @dataclass(frozen=True)
@@ -174,9 +180,17 @@ class CompressConfig:
     """Distill → export → quantize → measure → gate (``dlforge compress``)."""
 
     student: StudentConfig = field(default_factory=StudentConfig)
-    epochs: int = field(default=10, metadata=_check(ge=0))  # student budget; 0 = no student, teacher only
-    alpha: float = field(default=0.5, metadata=_check(ge=0, le=1))  # weight of the hard-label loss
-    temperature: float = field(default=4.0, metadata=_check(gt=0))
+    # student budget: auto = the teacher's own epochs (read from its checkpoint); 0 = no student, teacher only
+    epochs: int | Literal["auto"] = field(default="auto", metadata=_check(ge=0))
+    # weight of the hard-label loss (docs/benchmarks.md, distillation: 0.5 held up better than 0.1 at these budgets)
+    alpha: float = field(default=0.5, metadata=_check(ge=0, le=1))
+    temperature: float = field(default=2.0, metadata=_check(gt=0))  # 2 beat 4 for small students in the benchmark
+    # the student's lr schedule: `same` as the training config's optim.scheduler, or cosine over its epochs (which
+    # cost students a teacher's budget of 15 epochs 5–7 points: they end under-trained)
+    schedule: Literal["cosine", "same"] = "same"
+    # function matching: students also learn the teacher on mixed inputs (Beta(mixup, mixup) weights; 0 = off).
+    # Not for text (token ids do not mix); images keep data.augment too, seen alike by teacher and student
+    mixup: float = field(default=1.0, metadata=_check(ge=0))  # 1: λ uniform, inputs anywhere between two examples
     scratch: bool = True  # also train the same student from scratch with the same budget, to show the gain
     quantization: Literal["auto", "dynamic", "static", "none"] = "auto"  # auto: static for conv, else dynamic
     per_channel: bool = False  # per-channel int8 weights
@@ -209,7 +223,7 @@ class TrialResourcesConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    enabled: bool = False  # `dlforge run` sweeps first when true; `dlforge tune` always sweeps
+    enabled: bool = True  # `dlforge run` sweeps first unless false (or --no-sweep); tune always, train never
     space: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPACE.items()})
     num_samples: int = field(default=8, metadata=_check(ge=1))  # trials (search=grid: every combination once)
     max_concurrent: int = field(default=0, metadata=_check(ge=0))  # 0 = as many as the resources allow
@@ -271,8 +285,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} is not key=value; write e.g. trainer.max_epochs=5")
     try:
         value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = text
+    check_yaml_size(value, f"override {key.strip()}")
     return key.strip(), value
 
 
@@ -328,15 +343,49 @@ def dump_yaml(cfg: Config) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """The file's mapping; refuses files over MAX_YAML_BYTES, tags and alias bombs before anything walks them."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file or only key=value")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"config file {str(path)!r} is over {MAX_YAML_BYTES // 1000} kB; a config is a few keys")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        raw = yaml.safe_load(path.read_text(errors="replace"))
+    except yaml.constructor.ConstructorError as exc:
+        line = getattr(exc.problem_mark, "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(
+            f"config file {str(path)!r} uses a YAML tag{where} ({_first_problem(exc)}); dlforge loads plain values "
+            "only — remove the tag"
+        ) from None
+    except (yaml.YAMLError, RecursionError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}; fix its syntax") from None
+    check_yaml_size(raw, f"config file {str(path)!r}")
     return raw or {}
+
+
+def check_yaml_size(value: Any, what: str, limit: int = MAX_YAML_NODES) -> None:
+    """Refuse a loaded YAML value whose expanded tree has more than ``limit`` nodes.
+
+    YAML aliases share one object, so a 464-byte file of nested aliases loads instantly yet expands to billions
+    of nodes when merged, flattened or dumped. The walk stops at ``limit``, so it costs O(limit) at most.
+    """
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise ConfigError(f"{what} expands to over {limit} values (YAML aliases?); write the values out")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def _first_problem(exc: yaml.MarkedYAMLError) -> str:
+    return " ".join(str(exc.problem or type(exc).__name__).split())[:120]
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -392,8 +441,7 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(key, inner, value)
+        return _coerce_union(key, [a for a in args if a is not type(None)], value)
     if origin is Literal:
         if value not in args:
             choices = ", ".join(map(str, args))
@@ -404,6 +452,28 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"{key} must be a non-empty list, e.g. {key}=[64,32]; got {value!r}")
         return tuple(_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(value))
     return _coerce_scalar(key, hint, value)
+
+
+def _coerce_union(key: str, members: list[Any], value: Any) -> Any:
+    """The first member that takes ``value`` (``int | Literal["auto"]``: a number or the word); else its error."""
+    for member in members[:-1]:
+        try:
+            return _coerce(key, member, value)
+        except ConfigError:
+            continue
+    try:
+        return _coerce(key, members[-1], value)
+    except ConfigError:
+        if len(members) == 1:
+            raise
+    shown = " or ".join(_describe(m) for m in members)
+    raise ConfigError(f"{key} must be {shown}; got {value!r}") from None
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(str, typing.get_args(hint)))
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
 def _coerce_scalar(key: str, hint: type, value: Any) -> Any:

@@ -10,7 +10,7 @@
 - ``check_checkpoint(path)`` — refuse a checkpoint that is not plain tensors and values (``weights_only=True``),
   before Lightning or anything else unpickles it.
 - ``newest_checkpoint(folder, output_dir)`` — what ``--resume auto`` continues from: ``last.ckpt`` or Lightning's
-  SLURM requeue checkpoint ``hpc_ckpt_<n>.ckpt``, whichever was written last.
+  SLURM requeue checkpoint ``hpc_ckpt_<n>.ckpt``, whichever was written last and is intact (else ``best.ckpt``).
 """
 
 from __future__ import annotations
@@ -45,9 +45,13 @@ class NonFiniteLossError(RuntimeError):
     exit_code = 1
 
 
-def fit_guards(checkpoint_dir: str | Path) -> list[Callback]:
-    """The guards every fit gets; put them before tracking's callback so a SIGTERM save carries unsent metrics."""
-    return [NonFiniteLossGuard(), PreemptionCheckpoint(Path(checkpoint_dir) / "last.ckpt")]
+def fit_guards(checkpoint_dir: str | Path, monitor: str | None = None) -> list[Callback]:
+    """The guards every fit gets; put them before tracking's callback so a SIGTERM save carries unsent metrics.
+
+    ``monitor``: the checkpoint metric; a save while it or any loss is NaN/Inf is refused, as one with non-finite
+    weights is.
+    """
+    return [NonFiniteLossGuard(monitor=monitor), PreemptionCheckpoint(Path(checkpoint_dir) / "last.ckpt")]
 
 
 class NonFiniteLossGuard(Callback):
@@ -59,10 +63,13 @@ class NonFiniteLossGuard(Callback):
     Independently, every checkpoint save checks the loss flags not yet read and the parameters: a non-finite
     state raises before anything is written, so ``last.ckpt`` stays the last good one.
     Manual-optimization families (the GAN) return no loss; for them only the save-time parameter check applies.
+    A save is also refused while ``monitor`` or any loss metric is NaN/Inf: a diverging run can keep finite but
+    huge weights (~1e15) whose validation loss overflows to NaN, and that state is no "last good" one either.
     """
 
-    def __init__(self, check_every_n_steps: int | None = None) -> None:
+    def __init__(self, check_every_n_steps: int | None = None, monitor: str | None = None) -> None:
         self.check_every_n_steps = check_every_n_steps
+        self.monitor = monitor
         self._flags: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (epoch, step, finite, loss)
 
     def on_train_batch_end(
@@ -88,10 +95,17 @@ class NonFiniteLossGuard(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._check()
+        where = f"by epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
         if not all_finite(pl_module):
             raise NonFiniteLossError(
-                f"the weights became non-finite by epoch {trainer.current_epoch + 1}, step {trainer.global_step}; "
-                "the last good checkpoint is kept — lower optim.lr or set trainer.gradient_clip_val"
+                f"the weights became non-finite {where}; the last good checkpoint is kept — lower optim.lr or set "
+                "trainer.gradient_clip_val"
+            )
+        bad = non_finite_metrics(trainer.callback_metrics, self.monitor)
+        if bad:
+            raise NonFiniteLossError(
+                f"{bad[0]} became {float(trainer.callback_metrics[bad[0]])} {where}; no checkpoint is written from "
+                "this state (the last good one is kept) — lower optim.lr or set trainer.gradient_clip_val"
             )
 
     def _check(self) -> None:
@@ -108,6 +122,17 @@ class NonFiniteLossGuard(Callback):
             f"loss became {value} at epoch {epoch + 1}, step {step}; the last good checkpoint is kept — "
             "lower optim.lr or set trainer.gradient_clip_val"
         )
+
+
+def non_finite_metrics(metrics: dict[str, Any], monitor: str | None) -> list[str]:
+    """The checked metrics that are NaN/Inf: the checkpoint monitor and every loss (``train/loss``, ``val/loss``…).
+
+    Losses are checked whatever the monitor: a diverged classifier keeps a finite ``val/acc`` while its
+    ``val/loss`` is NaN.
+    """
+    checked = [k for k in metrics if k == monitor or k.rsplit("/", 1)[-1].endswith("loss")]
+    bad = [k for k in checked if isinstance(metrics[k], torch.Tensor) and not bool(metrics[k].isfinite().all())]
+    return sorted(bad, key=lambda k: (k != monitor, k not in ("val/loss", "train/loss"), k))  # most telling first
 
 
 def all_finite(module: torch.nn.Module) -> bool:
@@ -193,6 +218,33 @@ def unpickling_reason(exc: BaseException) -> str:
 
 
 def newest_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path) -> Path | None:
-    """``last.ckpt`` or Lightning's SLURM requeue save ``<output_dir>/hpc_ckpt_<n>.ckpt``, the newest of them."""
-    found = [p for p in [Path(checkpoint_dir) / "last.ckpt", *Path(output_dir).glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+    """``last.ckpt`` or Lightning's SLURM requeue save ``<output_dir>/hpc_ckpt_<n>.ckpt``, the newest intact one.
+
+    A file that is cut short (written in place by an older dlforge, or damaged on disk) is skipped with a warning,
+    falling back to the next newest and finally to ``best.ckpt``; a file that is whole but not plain tensors is
+    returned as is, so that ``check_checkpoint`` refuses it loudly instead of it being silently passed over.
+    """
+    folder = Path(checkpoint_dir)
+    found = [p for p in [folder / "last.ckpt", *Path(output_dir).glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    # best.ckpt only stands in for a damaged file: with none written yet, a new fit starts (it may be mid-epoch 1).
+    ordered = [
+        *sorted(found, key=lambda p: p.stat().st_mtime, reverse=True),
+        *([folder / "best.ckpt"] if found else []),
+    ]
+    for path in ordered:
+        if path.is_file() and _readable(path):
+            return path
+        if path.is_file():
+            log.warning("skipping %s: cut short or damaged; resuming from an older checkpoint", path)
+    return None
+
+
+def _readable(path: Path) -> bool:
+    """True unless ``path`` cannot be read as a torch file at all (a hostile pickle counts as readable)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        return True
+    except (OSError, RuntimeError, EOFError, ValueError):
+        return False
+    return True

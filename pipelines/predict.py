@@ -7,8 +7,10 @@ metadata — input shape, class names, and the vocabulary for text; normalizatio
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import tempfile
+import warnings
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from pipelines.config import Config
 
 TABLES = (".csv", ".parquet", ".pq")
+MAX_EXAMPLE_VALUES = 1 << 24  # values in one example (64 MiB of float32): a 2048×2048 RGB image fits
+MAX_BATCH_VALUES = 1 << 30  # all the images of one call together (4 GiB of float32)
 IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -41,6 +45,7 @@ def predict(model_ref: str, source: str, output: str, cfg: Config | None = None)
     meta = export.read_metadata(session)
     if not meta.get("task") or meta.get("role") == "generator":
         raise InputError(f"{path.name} is not a dlforge predictor (a generator, or no dlforge metadata)")
+    check_declared_input(meta, path.name)
     ids, x = read_input(Path(source), meta)
     x = checked(x, meta)
     outputs = export.run_session(session, x)
@@ -83,6 +88,7 @@ def read_input(source: Path, meta: dict[str, Any]) -> tuple[list[str], np.ndarra
 
 
 def read_frame(path: Path) -> pd.DataFrame:
+    _bounds().check_table_file(path)  # a header of a million columns is refused before pandas parses it
     try:
         return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
     except Exception as exc:  # pandas raises many parser errors; all mean the same to the user
@@ -108,8 +114,16 @@ def numeric(frame: pd.DataFrame, meta: dict[str, Any]) -> np.ndarray:
     bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if bad:
         raise InputError(f"columns {bad[:5]} are not numeric; the model takes {width} numeric feature columns")
-    if frame.shape[1] != width:
-        raise InputError(f"the model takes {width} feature columns, the input has {frame.shape[1]}; drop the others")
+    if frame.shape[1] > width:
+        raise InputError(
+            f"the model takes {width} feature columns, the input has {frame.shape[1]}; drop the others "
+            "(the target, ids), keeping the features in training order"
+        )
+    if frame.shape[1] < width:
+        raise InputError(
+            f"the model takes {width} feature columns, the input has only {frame.shape[1]}; pass every feature "
+            "column it was trained on, in training order"
+        )
     return frame.to_numpy(dtype=np.float32).reshape(len(frame), *meta["input_shape"])
 
 
@@ -125,8 +139,18 @@ def encode_text(frame: pd.DataFrame, meta: dict[str, Any]) -> np.ndarray:
 @cache
 def _tokenizer() -> ModuleType:
     """``dl_lightning/data/text.py`` loaded by path: importing the package would pull in torch via its ``__init__``."""
-    path = Path(__file__).resolve().parent.parent / "dl_lightning" / "data" / "text.py"
-    spec = importlib.util.spec_from_file_location("dlforge_text_tokenizer", path)
+    return _data_module("text")
+
+
+@cache
+def _bounds() -> ModuleType:
+    """``dl_lightning/data/bounds.py`` (file size and column limits), loaded by path like the tokenizer."""
+    return _data_module("bounds")
+
+
+def _data_module(name: str) -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "dl_lightning" / "data" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"dlforge_data_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -138,18 +162,25 @@ def read_images(folder: Path, meta: dict[str, Any]) -> tuple[list[str], np.ndarr
 
     if meta["kind"] != "image":
         raise InputError(f"the model takes {meta['kind']} data, not an image folder")
-    channels, height, _ = meta["input_shape"]
+    channels, height, width = meta["input_shape"]
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGES)
     if not files:
         raise InputError(f"no images in {folder}")
     mode = "L" if channels == 1 else "RGB"
+    if len(files) * channels * height * width > MAX_BATCH_VALUES:
+        raise InputError(
+            f"{len(files)} images of {channels}×{height}×{width} need over {MAX_BATCH_VALUES * 4 >> 30} GiB; "
+            "predict on smaller folders"
+        )
     arrays = []
     for file in files:
         try:
-            with Image.open(file) as image:
-                pixels = np.asarray(image.convert(mode).resize((height, height), Image.Resampling.BILINEAR))
-        except (UnidentifiedImageError, OSError):
-            raise InputError(f"cannot read image {file}; replace or remove it") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is refused, not decoded
+                with Image.open(file) as image:
+                    pixels = np.asarray(image.convert(mode).resize((width, height), Image.Resampling.BILINEAR))
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"cannot read image {file} ({_first_line(exc)}); replace or remove it") from None
         arrays.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
     return [str(f.relative_to(folder)) for f in files], np.stack(arrays).astype(np.float32)
 
@@ -175,6 +206,31 @@ def checked(x: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     if not text and not np.isfinite(x).all():
         raise InputError("the input holds NaN or infinite values; fill or drop those rows")
     return x
+
+
+def check_declared_input(meta: dict[str, Any], name: str) -> None:
+    """Refuse metadata whose declared example shape is not small positive integers within MAX_EXAMPLE_VALUES.
+
+    The shape sizes every buffer predict allocates (one image resized to it, a CSV row reshaped to it), and the
+    metadata is only text in the file: 40000×40000 would be a MemoryError, not a prediction.
+    """
+    shape = meta.get("input_shape")
+    valid = isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)
+    if not valid:
+        raise InputError(f"{name} declares input_shape={shape!r}, not a list of positive sizes; re-export the model")
+    if meta.get("kind") == "image" and len(shape) != 3:
+        raise InputError(f"{name} declares an image input of shape {tuple(shape)}, not (C, H, W); re-export the model")
+    values = math.prod(shape)
+    if values > MAX_EXAMPLE_VALUES:
+        raise InputError(
+            f"{name} declares examples of shape {tuple(shape)} ({values:,} values), over the {MAX_EXAMPLE_VALUES:,} "
+            "predict accepts; re-export the model from a dlforge checkpoint"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def prediction_frame(ids: list[str], outputs: np.ndarray, meta: dict[str, Any]) -> pd.DataFrame:

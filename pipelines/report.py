@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from pipelines.compress import COLUMNS, table_cells
+from pipelines.compress import COLUMNS, table_cells, verdict
 from pipelines.config import Config
 from pipelines.outputs import write_text_atomic
 
@@ -55,25 +55,55 @@ def _train_blocks(train: dict[str, Any]) -> list[Block]:
 
 def _compress_blocks(compress: dict[str, Any]) -> list[Block]:
     rows = [table_cells(r) for r in compress["rows"]]
-    gates = [["PASS" if g["passed"] else "FAIL", g["name"], g["detail"]] for g in compress["gates"]]
-    return [
-        ("h2", "Compression (latency: one thread)"),
-        ("table", (list(COLUMNS), rows)),
-        ("h2", "Gates"),
-        ("table", (["result", "gate", "detail"], gates)),
+    gates = [
+        ["PASS" if g["passed"] else "FAIL", g["name"], g["detail"], ", ".join(g.get("guards") or ["every artifact"])]
+        for g in compress["gates"]
     ]
+    blocks: list[Block] = [("h2", "Compression (latency: one thread)"), ("table", (list(COLUMNS), rows))]
+    if student := _student_line(compress.get("student") or {}):
+        blocks.append(("p", student))
+    blocks += [("h2", "Gates"), ("table", (["result", "gate", "detail", "guards"], gates))]
+    if "champion" in compress:
+        blocks.append(("p", verdict(compress) + "."))
+    return blocks
+
+
+def _student_line(student: dict[str, Any]) -> str:
+    if "params_ratio" not in student:
+        return ""
+    line = f"Student: {student['family']} at {student['params_ratio']:.0%} of the teacher's parameters"
+    line += f", {student['epochs']} epochs" if "epochs" in student else ""
+    if "gain_over_scratch" in student:
+        line += f"; distilled − same student from scratch: {student['gain_over_scratch']:+.2f} points"
+    return line + "."
 
 
 def _registry_blocks(promote: dict[str, Any] | None) -> list[Block]:
     if not promote:
         return [("h2", "Registry"), ("p", "Tracking is off: nothing was registered.")]
-    header = ["version", "aliases", "gates", "metric", "run"]
-    rows = [
-        [v["version"], ", ".join(v["aliases"]), v["gates"], _num(v["metric"]), v["run_id"]] for v in promote["versions"]
-    ]
     champion = promote.get("champion")
-    lead = f"Champion: {promote['name']} version {champion}." if champion else "No version has passed its gates yet."
-    return [("h2", "Registry"), ("p", lead), ("table", (header, rows))]
+    artifact = f" ({promote['model']})" if promote.get("model") else ""
+    lead = (
+        f"Champion: {promote['name']} version {champion}{artifact}."
+        if champion
+        else "No artifact has passed its own gates yet: no champion."
+    )
+    blocks: list[Block] = [("h2", "Registry"), ("p", lead), _versions_table(promote)]
+    trained = promote.get("trained")
+    if trained and trained.get("name") != promote["name"]:
+        best = trained.get("champion")
+        text = f"Trained PyTorch model {trained['name']}" + (f": champion version {best}." if best else ".")
+        blocks += [("p", text), _versions_table(trained)]
+    return blocks
+
+
+def _versions_table(listing: dict[str, Any]) -> Block:
+    header = ["version", "artifact", "aliases", "gates", "metric", "run"]
+    rows = [
+        [v["version"], v.get("model") or "—", ", ".join(v["aliases"]), v["gates"], _num(v["metric"]), v["run_id"]]
+        for v in listing["versions"]
+    ]
+    return ("table", (header, rows))
 
 
 # ---------------------------------------------------------------- rendering

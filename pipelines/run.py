@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ from typing import Any
 
 from dl_lightning.errors import InputError
 from pipelines import tracking
-from pipelines.config import Config, dump_yaml
+from pipelines.config import Config, TuneConfig, dump_yaml
 from pipelines.ledger import StageLedger, stage_key
 from pipelines.outputs import write_text_atomic
+from pipelines.processes import run_child
 
 CHAMPION = "champion"
 QUICK = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"
@@ -106,7 +106,7 @@ def train_stage(cfg: Config, out: Path, parent: str | None, *, resume: bool) -> 
     command = [sys.executable, "-m", "pipelines", "train", str(config_file)]
     command += ["--parent-run-id", parent] if parent else []
     command += ["--resume", "auto"] if resume else []
-    if subprocess.run(command).returncode != 0:
+    if run_child(command) != 0:  # the child dies with this process; SIGTERM here is forwarded to it and waited for
         raise StageFailed(f"training failed; its output is above and in {out}")
     return _read_json(out / "summary.json")
 
@@ -117,17 +117,39 @@ def compress_stage(cfg: Config, trained: dict[str, Any], out: Path, parent: str 
     teacher = trained["paths"]["best_checkpoint"] or trained["paths"]["last_checkpoint"]
     result = compress(cfg.with_overrides({"output_dir": str(out)}), teacher, parent_run_id=parent)
     print_report(result)
-    return _plain(dataclasses.asdict(result)) | {"passed": result.passed}
+    return _plain(dataclasses.asdict(result)) | {"passed": result.passed, "shipped": result.shipped}
 
 
 def promote_stage(cfg: Config, trained: dict[str, Any], compressed: dict[str, Any]) -> dict[str, Any] | None:
-    """Record the gates on the trained version; move ``champion`` to the best version that passed its gates."""
+    """Move ``champion`` to the shipped artifact; record the teacher's own gates on the trained PyTorch version.
+
+    The ONNX model's ``champion`` goes to the best registered version (test metric) of the artifact the compress
+    stage chose — the first of ``compress.register``'s preference order whose own gates passed — so a failing
+    student never blocks a passing teacher INT8. The trained PyTorch version carries the teacher's gates (its
+    export's parity), and its model's ``champion`` moves to its best passing version. ``None`` with tracking off.
+    """
     version = (trained.get("tracking") or {}).get("model_version")
     if version is None:
         return None
     name = tracking.registered_model_name(cfg)
-    tracking.tag_model_version(name, version, {"dlforge.gates": "passed" if compressed["passed"] else "failed"})
-    return tracking.promote_best(name, CHAMPION, metric=_test_metric(trained), mode=_mode(trained))
+    teacher_ok = _teacher_passed(compressed)
+    tracking.tag_model_version(name, version, {"dlforge.gates": "passed" if teacher_ok else "failed"})
+    pytorch = tracking.promote_best(name, CHAMPION, metric=_test_metric(trained), mode=_mode(trained))
+    registered, chosen = compressed.get("registered") or {}, compressed.get("champion")
+    if not registered or chosen is None:
+        return {**pytorch, "champion": None, "model": None, "trained": pytorch}
+    metric = compressed.get("metric")
+    onnx = tracking.promote_best(
+        registered["name"], CHAMPION, metric=metric, mode=_mode(trained), where={"dlforge.model": chosen}
+    )
+    uri = f"models:/{onnx['name']}@{CHAMPION}" if onnx["champion"] else None
+    return {**onnx, "model": chosen if onnx["champion"] else None, "uri": uri, "trained": pytorch}
+
+
+def _teacher_passed(compressed: dict[str, Any]) -> bool:
+    """Whether every gate guarding the teacher's (or generator's) fp32 file passed."""
+    roles = {"teacher", "generator"}
+    return all(g["passed"] for g in compressed["gates"] if not g.get("guards") or roles & set(g["guards"]))
 
 
 def _test_metric(trained: dict[str, Any]) -> str:
@@ -180,6 +202,87 @@ def quick_overrides() -> dict[str, Any]:
     from pipelines.config import flatten
 
     return flatten(yaml.safe_load(QUICK.read_text()))
+
+
+# ---------------------------------------------------------------- what the command reports
+
+
+def sweep_paths(sweep: dict[str, Any]) -> dict[str, str]:
+    """The files a sweep writes that a user opens: best config, results CSV, plot, and its Ray experiment."""
+    keys = ("best_config", "results_csv", "plot", "experiment_path")
+    return {key: sweep[key] for key in keys if sweep.get(key)}
+
+
+def compress_paths(compressed: dict[str, Any]) -> dict[str, str]:
+    """The compress stage's reports, ONNX files (``onnx_<artifact>``) and student checkpoints."""
+    paths = {"compress_report_md": compressed["report_md"], "compress_report_json": compressed["report_json"]}
+    paths |= {f"onnx_{key.replace('-', '_')}": path for key, path in compressed["files"].items()}
+    checkpoints = _read_report(compressed).get("checkpoints", {})
+    return paths | {key: path for key, path in checkpoints.items() if path}
+
+
+def _read_report(compressed: dict[str, Any]) -> dict[str, Any]:
+    path = Path(compressed["report_json"])
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def pipeline_paths(result: PipelineResult) -> dict[str, Any]:
+    """Every file of the run a user opens or hands on, by name (``plots`` is a list); absent ones left out."""
+    stages = result.stages
+    train = stages["train"]
+    paths: dict[str, Any] = {"report_md": result.report_md, "report_html": result.report_html}
+    paths |= {f"sweep_{k}": v for k, v in sweep_paths(stages.get("sweep") or {}).items()}
+    paths |= {k: v for k, v in train["paths"].items() if v}
+    out = Path(train["config"]["output_dir"])
+    paths["train_config"] = str(out / "config.yaml")
+    paths |= compress_paths(stages["compress"])
+    return paths | review_paths(out)
+
+
+def review_paths(out: Path) -> dict[str, list[str]]:
+    """A fit's review files under ``out``: ``plots`` (PNG, GAN samples too) and ``review_reports`` (md, json)."""
+    review = sorted(p for p in (out / "review").glob("*") if p.is_file())
+    plots = [str(p) for p in review if p.suffix == ".png"] + sorted(str(p) for p in (out / "samples").glob("*.png"))
+    reports = [str(p) for p in review if p.suffix != ".png"]
+    return {k: v for k, v in (("plots", plots), ("review_reports", reports)) if v}
+
+
+def registered_models(result: PipelineResult) -> list[dict[str, Any]]:
+    """The versions this run registered, as ``models:/NAME/VERSION`` with their aliases after the promotion."""
+    promote = result.champion or {}
+    found: list[dict[str, Any]] = []
+    trained = result.stages["train"].get("tracking") or {}
+    if trained.get("model_version"):
+        found.append(_model_entry(promote.get("trained") or {}, trained["model_version"], "pytorch"))
+    for key, version in ((result.stages["compress"].get("registered") or {}).get("versions") or {}).items():
+        found.append(_model_entry(promote, version, key))
+    return found
+
+
+def _model_entry(listing: dict[str, Any], version: str, artifact: str) -> dict[str, Any]:
+    rows = {row["version"]: row for row in listing.get("versions", [])}
+    name = listing.get("name", "")
+    aliases = rows.get(str(version), {}).get("aliases", [])
+    return {"uri": f"models:/{name}/{version}", "artifact": artifact, "aliases": aliases}
+
+
+def champion_of(result: PipelineResult, tracked: bool) -> str | None:
+    """The shipped artifact: promoted in the registry (tracking on), else the compress stage's choice."""
+    if tracked:
+        return (result.champion or {}).get("model")
+    return result.stages["compress"].get("champion")
+
+
+def exit_code(has_champion: bool, failed: list[dict[str, Any]], *, strict: bool) -> int:
+    """0 when a champion was promoted; 1 when none was, or under ``--strict`` when any gate failed."""
+    return 0 if has_champion and not (strict and failed) else 1
+
+
+def unused_tune_keys(cfg: Config) -> list[str]:
+    """``tune.*`` keys set away from their defaults (``tune.enabled`` aside): unused when no sweep runs."""
+    default = TuneConfig()
+    names = [f.name for f in dataclasses.fields(TuneConfig) if f.name != "enabled"]
+    return [f"tune.{n}" for n in names if getattr(cfg.tune, n) != getattr(default, n)]
 
 
 def check_pipeline(cfg: Config) -> None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import io
 import json
 import math
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,12 @@ from dl_lightning.errors import InputError
 from pipelines import tracking
 from pipelines.config import Config, ConfigError, all_keys, build_config, dump_yaml
 from pipelines.outputs import write_json_atomic, write_text_atomic
-from pipelines.train import load_data, resolve_monitor, train
+from pipelines.preflight import check_data
+from pipelines.train import resolve_monitor, train
 from tune.space import Dimension, check_search, parse_space
 
 STATE_FILE = "dlforge_sweep.json"  # in the Ray experiment folder: the config and parent run of the sweep
+WATCHDOG_GRACE_S = 30.0  # past tune.trial_timeout_s: the per-batch deadline and the final report go first
 UNSWEEPABLE = ("tune.", "tracking.", "output_dir", "trainer.devices", "trainer.num_nodes", "trainer.strategy")
 
 
@@ -109,7 +114,7 @@ def _check_values(cfg: Config, space: dict[str, Dimension]) -> None:
 
 def _metric_and_mode(cfg: Config) -> tuple[str, str]:
     """``tune.metric`` (auto: the checkpoint monitor), checked against what one real training step logs."""
-    task = load_data(cfg).spec.task
+    task = check_data(cfg).spec.task
     monitor, monitor_mode = resolve_monitor(cfg, task)
     metric = monitor if cfg.tune.metric == "auto" else cfg.tune.metric
     if metric is None:
@@ -175,10 +180,22 @@ def sweep(cfg: Config, *, resume: str | None = None, parent_run_id: str | None =
         _save_state(experiment, cfg, run_id)
         tracking.log_artifact(run_id, experiment / STATE_FILE)
         trial_fn = TrialFn(cfg, plan.metric, run_id, settings.storage_path)
-        outcome = run_sweep(trial_fn, plan.space, settings, resume=str(experiment) if resume else None)
+        try:
+            outcome = run_sweep(trial_fn, plan.space, settings, resume=str(experiment) if resume else None)
+        finally:  # Tune has returned or the driver is unwinding: no trial process is left to end its own run
+            tracking.close_unfinished_children(run_id, "the sweep ended while this trial's run was open")
+        _raise_input_errors(outcome)
         result = _write_outputs(cfg, plan, outcome, run_id, started)
         _log_to_parent(result, outcome, run_id)
     return result
+
+
+def _raise_input_errors(outcome: Any) -> None:
+    """When no trial could use its input, the first trial's reason is the sweep's one-line error (exit 2)."""
+    refused = [(r.trial_id, r.state["input_error"]) for r in outcome.trials if r.state.get("input_error")]
+    if refused and outcome.best is None:
+        trial_id, reason = refused[0]
+        raise InputError(f"trial {trial_id}: {reason} (every trial refused its input; nothing was retried)")
 
 
 def sweep_settings(cfg: Config, plan: SweepPlan, *, experiment: str | None = None) -> Any:
@@ -231,6 +248,21 @@ class TrialFn:
     storage_path: str
 
     def __call__(self, params: dict[str, Any], ctx: Any) -> None:
+        """One trial; bad input (InputError) ends it without a retry and is recorded for the driver to report.
+
+        A single-process trial still running ``WATCHDOG_GRACE_S`` past ``tune.trial_timeout_s`` (hung before its
+        first batch, where the per-batch deadline never runs) is interrupted and ends as stopped, not retried.
+        """
+        limit = self.cfg.tune.trial_timeout_s if ctx.workers == 1 else 0.0
+        try:
+            with watchdog(limit + WATCHDOG_GRACE_S if limit else 0.0):
+                self._run(params, ctx)
+        except InputError as exc:  # retrying cannot fix input: max_failures would rerun it with Ray's traceback
+            ctx.save_state(input_error=str(exc))
+        except TrialTimedOut:
+            ctx.save_state(timed_out=f"still running {limit + WATCHDOG_GRACE_S:g}s after it started")
+
+    def _run(self, params: dict[str, Any], ctx: Any) -> None:
         cfg = trial_config(self.cfg, params, ctx.trial_dir)
         earlier = ctx.load_state().get("run_id")
         tags = {"ray.trial_id": ctx.trial_id, "ray.node_id": ctx.node_id}
@@ -255,6 +287,35 @@ class TrialFn:
                 storage_path=str(Path(ctx.trial_dir) / "ray_train"),
                 name=f"trial_{ctx.trial_id}",
             )
+
+
+class TrialTimedOut(Exception):
+    """Raised inside a trial by its watchdog: the trial ran past ``tune.trial_timeout_s`` plus a grace period."""
+
+
+@contextlib.contextmanager
+def watchdog(limit_s: float) -> Iterator[None]:
+    """Raise TrialTimedOut in this thread once ``limit_s`` seconds have passed (0: never), wherever it is.
+
+    Python delivers the exception at the thread's next bytecode, so a loop waiting on data is interrupted; a single
+    C call that never returns is not.
+    """
+    if limit_s <= 0:
+        yield
+        return
+    target, done = threading.get_ident(), threading.Event()
+
+    def fire() -> None:
+        if not done.wait(limit_s):
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(TrialTimedOut))
+
+    timer = threading.Thread(target=fire, name="dlforge-trial-watchdog", daemon=True)
+    timer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        timer.join()
 
 
 def trial_config(cfg: Config, params: dict[str, Any], trial_dir: str) -> Config:
@@ -350,7 +411,7 @@ def _trial_row(record: Any) -> dict[str, Any]:
         "time_s": round(record.time_s, 3),
         "run_id": record.state.get("run_id"),
         "params": {k: _plain_value(v) for k, v in record.params.items()},
-        "error": record.error,
+        "error": record.error or record.state.get("input_error"),
     }
 
 
@@ -497,9 +558,13 @@ def load_sweep_config(resume: str) -> Config:
 
 
 def _load_state(resume: str) -> dict[str, Any]:
+    """The saved config and run of the sweep in ``resume``, once its files are known to be dlforge's own."""
+    from tune.integrity import verify_experiment
+
     path = Path(resume).absolute() / STATE_FILE
     if not path.is_file():
         raise InputError(
             f"{resume} is not a dlforge sweep folder (no {STATE_FILE}); pass the experiment_path of a sweep"
         )
+    verify_experiment(resume)  # the folder may be on shared storage: its pickles are code
     return json.loads(path.read_text())

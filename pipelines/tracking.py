@@ -8,6 +8,8 @@ then never imported):
   looking names masked, credentials in URIs redacted) and as a YAML artifact, tags it (kind, family, dataset, git
   commit + dirty flag, host, command line, dlforge version, plus ``tags``), yields its id, and ends it FINISHED,
   FAILED on an exception, KILLED on Ctrl-C / SystemExit / SIGTERM. Other ranks get ``None`` and never touch MLflow.
+  The run is tagged with its process (host, PID, start time); each job first closes as KILLED the RUNNING runs of
+  its experiment whose process is gone from this host (``close_orphans``: kill -9, the OOM killer, a lost trial).
 - ``lightning_callbacks(cfg, run_id)`` — give these to ``train()`` on every rank: the callback broadcasts rank 0's
   run id in ``setup``, sends each epoch's ``train/*`` and ``val/*`` metrics as one batch with ``step = epoch``
   (0-based) from a background thread (training never waits on the store), stores the run id and every epoch the
@@ -60,6 +62,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from dl_lightning.errors import InputError
+from pipelines import processes
 from pipelines.config import PROJECT_ROOT, Config, unflatten
 
 if TYPE_CHECKING:  # Lightning (hence torch) is imported on use: predict downloads models through this module
@@ -100,6 +103,16 @@ def tracking_uri(cfg: Config) -> str:
 def redact_uri(uri: str) -> str:
     """``scheme://user:pass@host`` → ``scheme://***@host``; safe to print, log and write to summaries."""
     return re.sub(r"(?<=://)[^/@\s]+@", f"{MASK}@", uri)
+
+
+def filter_quote(value: str) -> str:
+    """``value`` quoted for an MLflow filter string (``name = …``): in single quotes, or in double quotes when it
+    holds a single quote (``team's``); MLflow's parser has no escape, so a value with both kinds is refused."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise InputError(f"{value!r} holds both ' and \", which MLflow's search cannot match; remove one of them")
 
 
 def looks_secret(name: str) -> bool:
@@ -170,6 +183,7 @@ def job_run(
     mlflow = _mlflow()
     experiment_id = connect(cfg)
     client = mlflow.MlflowClient()
+    close_orphans(client, experiment_id)  # before continuing a run: a resumed job closes the orphan it finds
     run_id, resumed = _create_or_continue(client, cfg, experiment_id, kind, name, parent_run_id, run_id, tags)
     status = "FINISHED"
     try:
@@ -190,6 +204,8 @@ def connect(cfg: Config) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    if redact_uri(uri) != uri:  # MLflow prints "View run … at http://user:password@host/…" after each run
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     _USED_URI[tracking_uri(cfg)] = uri
     try:
         with _first_use_lock(uri):
@@ -297,6 +313,60 @@ def _create_or_continue(
     return run_id, resumed
 
 
+OWNER_PID_TAG = "dlforge.pid"
+OWNER_STARTED_TAG = "dlforge.pid_started"
+ORPHAN_TAG = "dlforge.closed_as_orphan"
+
+
+def close_orphans(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End as KILLED every RUNNING run of the experiment whose owning process, on this host, is gone.
+
+    A job killed outright (kill -9, the OOM killer, a lost Ray worker) cannot end its own run; the next job in the
+    experiment does. Runs of other hosts and runs without an owner tag are left alone: from here it cannot be told
+    whether their process lives. Never fails the job: a store error is a warning.
+    """
+    host, closed = socket.gethostname(), []
+    try:
+        for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            tags = run.data.tags
+            pid = tags.get(OWNER_PID_TAG, "")
+            if tags.get("dlforge.host") != host or not pid.isdigit():
+                continue
+            if not processes.alive(int(pid), tags.get(OWNER_STARTED_TAG) or None):
+                _end_orphan(client, run.info.run_id, f"its process {pid} on {host} ended without closing it")
+                closed.append(run.info.run_id)
+    except Exception as exc:
+        log.warning("could not check for runs left RUNNING: %s", exc)
+    return closed
+
+
+def close_unfinished_children(parent_run_id: str | None, reason: str) -> list[str]:
+    """End as KILLED every child of ``parent_run_id`` still RUNNING; for callers that know none can still run.
+
+    A sweep calls it once Ray Tune has returned: a trial stopped by the time budget, lost with its worker or
+    interrupted with the driver has no process left that would end its run.
+    """
+    if parent_run_id is None:
+        return []
+    client = _mlflow().MlflowClient()
+    closed = []
+    try:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        query = f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+        for run in client.search_runs([experiment_id], query, max_results=10000):
+            _end_orphan(client, run.info.run_id, reason)
+            closed.append(run.info.run_id)
+    except Exception as exc:
+        log.warning("could not close the unfinished runs under %s: %s", parent_run_id, exc)
+    return closed
+
+
+def _end_orphan(client: MlflowClient, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, ORPHAN_TAG, reason)
+    client.set_terminated(run_id, "KILLED")
+    log.warning("closed MLflow run %s as KILLED: %s", run_id, reason)
+
+
 def _run_exists(client: MlflowClient, run_id: str) -> bool:
     try:
         return client.get_run(run_id).info.lifecycle_stage == "active"
@@ -375,6 +445,8 @@ def job_tags_for(cfg: Config, kind: str) -> dict[str, str]:
         "dlforge.family": cfg.model.family,
         "dlforge.dataset": dataset_name(cfg.data.source),
         "dlforge.host": socket.gethostname(),
+        OWNER_PID_TAG: str(os.getpid()),  # with the host and start time: whether the run's process still lives
+        OWNER_STARTED_TAG: processes.started_at(os.getpid()) or "",
         "dlforge.command": _clip(_command_line(), _MAX_TAG_VALUE),
         "dlforge.version": _version(),
         "dlforge.world_size": str(cfg.trainer.devices * cfg.trainer.num_nodes),
@@ -386,11 +458,21 @@ def job_tags_for(cfg: Config, kind: str) -> dict[str, str]:
 
 def _command_line() -> str:
     """argv with secret-looking ``key=value`` overrides masked and URI credentials redacted."""
+    return shlex.join(redact_argv(sys.argv))
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """``argv`` safe to print and store: secret-looking ``key=value`` masked, URI credentials redacted."""
     shown = []
-    for arg in sys.argv:
+    for arg in argv:
         key, sep, _ = arg.partition("=")
         shown.append(f"{key}={MASK}" if sep and looks_secret(key) else redact_uri(arg))
-    return shlex.join(shown)
+    return shown
+
+
+def redacted_config(cfg: Config) -> dict[str, Any]:
+    """``cfg.to_dict()`` with secret-looking values masked and URI credentials redacted (for summaries)."""
+    return unflatten(mask_params(cfg.flat()))
 
 
 @functools.lru_cache(maxsize=1)
@@ -585,7 +667,9 @@ def download_onnx(ref: str, cfg: Config | None = None, dest: str | Path | None =
     try:
         local = Path(_mlflow().artifacts.download_artifacts(artifact_uri=ref, dst_path=str(folder)))
     except Exception as exc:  # unknown name or alias, a store without the artifacts
-        raise InputError(f"{ref}: cannot download it from the tracking store ({_first_line(exc)})") from exc
+        raise InputError(
+            f"{ref}: cannot download it from the tracking store ({_first_line(exc)}); {known_models()}"
+        ) from exc
     found = sorted(local.rglob("*.onnx"))
     if not found:
         raise InputError(f"{ref} holds no .onnx file; register an ONNX model (dlforge compress) or pass a file")
@@ -601,11 +685,29 @@ def _source_run(client: MlflowClient, ref: str) -> str:
             name, _, number = name.partition("/")
             version = client.get_model_version(name, number)
     except Exception as exc:
-        raise InputError(f"{ref} is not a registered model version in the tracking store ({_first_line(exc)})") from exc
+        raise InputError(
+            f"{ref} is not a registered model version in the tracking store ({_first_line(exc)}); {known_models()}"
+        ) from exc
     run_id = version.tags.get("dlforge.source_run_id") or version.run_id
     if not run_id:
         raise InputError(f"{ref} records no source run; pass the checkpoint path instead")
     return run_id
+
+
+def known_models(limit: int = 10) -> str:
+    """What the store does hold, for an error about a model it does not: ``name@alias,alias (N versions)``."""
+    try:
+        models = _mlflow().MlflowClient().search_registered_models(max_results=limit + 1)
+    except Exception:  # the store itself is the problem: the caller's message says so
+        return "the registered models could not be listed"
+    if not models:
+        return "the store has no registered models yet (dlforge train tracking.register=true makes one)"
+    shown = []
+    for model in models[:limit]:
+        aliases = ",".join(sorted(model.aliases or {}))
+        shown.append(f"models:/{model.name}@{aliases}" if aliases else f"models:/{model.name}/<version>")
+    more = f" and {len(models) - limit} more" if len(models) > limit else ""
+    return f"registered here: {'; '.join(shown)}{more}"
 
 
 def _ensure_connected(cfg: Config | None) -> None:
@@ -888,11 +990,15 @@ def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> Lo
     """On rank 0 after a fit: test metrics, review plots, GAN samples, the best checkpoint, the model, registry.
 
     A review plot that fails is a warning and a ``dlforge.review_error`` tag, not a failed job: the model was
-    trained. Failing to log the model or register it raises — later stages depend on them.
+    trained. Failing to log the model or register it raises — later stages depend on them. Once per run and
+    epoch count: a resumed job whose fit was already done (tag ``dlforge.train_outputs``) gets the earlier outputs.
     """
     if run_id is None or not result.is_global_zero:
         return LoggedOutputs()
     client = _mlflow().MlflowClient()
+    previous = _logged_before(client, run_id, result.epochs)
+    if previous is not None:  # a resumed job that found the fit already done: test/* and the version exist
+        return previous
     _log_batch(client, run_id, metrics={result.epochs: result.metrics}, tags=_data_tags(result.data))
     checkpoint = result.best_checkpoint or result.last_checkpoint
     module = _load_module(checkpoint) if checkpoint else None
@@ -911,7 +1017,28 @@ def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> Lo
     version = None
     if cfg.tracking.register:
         version = register_model(model_uri, name=registered_model_name(cfg), run_id=run_id, tags=_version_tags(result))
-    return LoggedOutputs(model_uri, version, tuple(p.name for p in files))
+    logged = LoggedOutputs(model_uri, version, tuple(p.name for p in files))
+    outputs = {"epochs": result.epochs, "model_uri": model_uri, "model_version": version, "artifacts": logged.artifacts}
+    _safe(client.set_tag, run_id, OUTPUTS_TAG, json.dumps(outputs))
+    return logged
+
+
+OUTPUTS_TAG = "dlforge.train_outputs"  # what log_train_result logged, and after how many epochs
+
+
+def _logged_before(client: MlflowClient, run_id: str, epochs: int) -> LoggedOutputs | None:
+    """What an earlier job of this run logged after the same number of epochs; None when it has not.
+
+    Resuming a finished fit retrains nothing; this keeps it from logging test/* a second time and registering a
+    second version of the same model. A fit continued to more epochs is a new model and is logged again.
+    """
+    try:
+        done = json.loads(client.get_run(run_id).data.tags.get(OUTPUTS_TAG) or "null")
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(done, dict) or done.get("epochs") != epochs:
+        return None
+    return LoggedOutputs(done.get("model_uri"), done.get("model_version"), tuple(done.get("artifacts") or ()))
 
 
 def _review_files(
@@ -999,7 +1126,10 @@ def ui_server_env() -> dict[str, str]:
 
 
 def serve_ui(cfg: Config, *, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Serve the MLflow UI on the configured store until Ctrl-C; an HTTP store is only linked to, not served."""
+    """Serve the MLflow UI on the configured store until Ctrl-C, SIGTERM or SIGHUP; an HTTP store is only linked to.
+
+    No server process outlives the command: the whole process group it started is stopped on every way out.
+    """
     experiment_id = connect(cfg)
     uri = _mlflow().get_tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -1014,16 +1144,8 @@ def serve_ui(cfg: Config, *, host: str = "127.0.0.1", port: int = 5000) -> int:
         print(f"warning: serving {host}: anyone who can reach it can read and change runs; see MLflow's auth app")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"dashboard: {experiment_url(f'http://{shown_host}:{port}', experiment_id)}  (Ctrl-C stops it)", flush=True)
-    server = subprocess.Popen(command, env=ui_server_env())
-    try:
-        return server.wait()
-    except KeyboardInterrupt:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        return 0
+    # Its own session, stopped as one on Ctrl-C, SIGTERM or SIGHUP: the uvicorn workers it forks go with it.
+    return processes.serve(command, env=ui_server_env())
 
 
 # ---------------------------------------------------------------- promotion
@@ -1035,24 +1157,36 @@ def tag_model_version(name: str, version: str | int, tags: Mapping[str, Any]) ->
         client.set_model_version_tag(name, str(version), key, str(value))
 
 
-def promote_best(name: str, alias: str, *, metric: str, mode: str) -> dict[str, Any]:
+def promote_best(
+    name: str, alias: str, *, metric: str | None, mode: str, where: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Point ``alias`` at the version of ``name`` with the best ``metric`` among those whose gates passed.
 
-    A version's gates and test metrics are its tags (``dlforge.gates``, ``metric.<name>``). When no version has
-    passed, the alias stays where it was. Returns the registry as the report shows it.
+    A version's gates and test metrics are its tags (``dlforge.gates``, ``metric.<name>``); ``where`` narrows the
+    candidates to versions with those tags (``{"dlforge.model": "teacher-int8"}``). Without a metric (a generator)
+    the newest passing version wins. When no version has passed, the alias stays where it was. Returns the registry
+    as the report shows it.
     """
     client = _mlflow().MlflowClient()
-    versions = client.search_model_versions(f"name = '{name}'")
-    passed = [v for v in versions if v.tags.get("dlforge.gates") == "passed" and f"metric.{metric}" in v.tags]
-    if passed:
-        best = (max if mode == "max" else min)(passed, key=lambda v: float(v.tags[f"metric.{metric}"]))
+    versions = client.search_model_versions(f"name = {filter_quote(name)}")
+    passed = [
+        v
+        for v in versions
+        if v.tags.get("dlforge.gates") == "passed" and all(v.tags.get(k) == w for k, w in (where or {}).items())
+    ]
+    scored = [v for v in passed if f"metric.{metric}" in v.tags]
+    if scored:
+        best = (max if mode == "max" else min)(scored, key=lambda v: float(v.tags[f"metric.{metric}"]))
         client.set_registered_model_alias(name, alias, best.version)
+    elif passed and metric is None:
+        client.set_registered_model_alias(name, alias, max(passed, key=lambda v: int(v.version)).version)
     aliases = client.get_registered_model(name).aliases  # alias → version, after the move
     rows = [
         {
             "version": str(v.version),
             "aliases": sorted(a for a, ver in aliases.items() if str(ver) == str(v.version)),
             "gates": v.tags.get("dlforge.gates", "—"),
+            "model": v.tags.get("dlforge.model", ""),  # which artifact an ONNX version is (teacher-int8, student…)
             "metric": float(v.tags[f"metric.{metric}"]) if f"metric.{metric}" in v.tags else None,
             "run_id": v.run_id,
         }

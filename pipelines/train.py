@@ -17,7 +17,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from dl_lightning.data import DlforgeDataModule, Splits, load_splits
 from dl_lightning.errors import InputError
-from dl_lightning.registry import build_model, monitor_for
+from dl_lightning.registry import build_model, kind_for_family, monitor_for
+from pipelines.checkpoints import LAST, AtomicCheckpointIO, EpochSeed, LastCheckpoint
 from pipelines.config import Config
 from pipelines.guards import fit_guards
 
@@ -50,7 +51,7 @@ def load_data(cfg: Config) -> Splits:
         d.source,
         target=d.target,
         text_column=d.text_column,
-        kind=d.kind,
+        kind=data_kind(cfg),
         task=d.task,
         image_size=d.image_size,
         max_len=d.max_len,
@@ -59,6 +60,21 @@ def load_data(cfg: Config) -> Splits:
         test_fraction=d.test_fraction,
         seed=cfg.seed,
     )
+
+
+def data_kind(cfg: Config) -> str | None:
+    """The kind the family reads the data as (``data.kind``, or a 2-D array read as signals); cheap, so it also
+    serves as the family/data check before any stage starts. Prints the one line a guessed kind comes with, once
+    per process; raises InputError naming every fix when the family cannot take the data."""
+    d = cfg.data
+    choice = kind_for_family(cfg.model.family, d.source, kind=d.kind, target=d.target, text_column=d.text_column)
+    if choice.note and choice.note not in _SAID:
+        _SAID.add(choice.note)
+        print(choice.note, flush=True)
+    return choice.kind
+
+
+_SAID: set[str] = set()  # notes already printed: a pre-check and the train stage in one process say it once
 
 
 def optim_settings(cfg: Config) -> dict[str, Any]:
@@ -98,6 +114,7 @@ def train(
     loggers: Sequence[Any] = (),
     run_id: str | None = None,
     test: bool = True,
+    splits: Splits | None = None,
 ) -> TrainResult:
     """Fit the configured family on the configured data, then test the best checkpoint.
 
@@ -107,11 +124,12 @@ def train(
         loggers: Lightning loggers (tracking passes its MLflow logger; none means no logging backend).
         run_id: the tracking run this fit belongs to, recorded in the result.
         test: test the best checkpoint after fitting (sweep trials skip it).
+        splits: the config's data, when the caller already loaded it (``pipelines.preflight.check_data``).
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    splits = load_data(cfg)
+    splits = splits if splits is not None else load_data(cfg)  # the CLI loads (and checks) it before any run
     model = build_model(cfg.model.family, splits.spec, cfg.model.arch(), optim_settings(cfg))
     datamodule = DlforgeDataModule(
         splits,
@@ -126,13 +144,17 @@ def train(
     return TrainResult(
         output_dir=str(Path(cfg.output_dir).absolute()),
         best_checkpoint=checkpoint.best_model_path or None,
-        last_checkpoint=checkpoint.last_model_path or None,
+        last_checkpoint=_existing(Path(checkpoint.dirpath) / LAST),
         metrics=metrics,
         data=splits.spec.to_dict(),
         run_id=run_id,
         is_global_zero=trainer.is_global_zero,
         epochs=trainer.current_epoch,
     )
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
 
 
 def _family_callbacks(cfg: Config) -> list[Callback]:
@@ -157,12 +179,18 @@ def fit_module(
 ) -> tuple[L.Trainer, ModelCheckpoint, dict[str, float]]:
     """The one fit loop: ``cfg.trainer``'s Trainer, best/last checkpoints in ``cfg.output_dir``, optional test.
 
-    After a test the model holds the best checkpoint's weights. ``train`` and the compress stage's student fits
-    (``pipelines.compress``) both come through here.
+    Guarantees: ``checkpoints/last.ckpt`` is the last completed epoch (or the SIGTERM point), ``best.ckpt`` the best
+    monitored one; both are written atomically and only from a finite state (weights and monitored metric); each
+    epoch's randomness depends on ``(seed, epoch)`` only, so resuming from ``last.ckpt`` repeats the uninterrupted
+    run. After a test the model holds the best checkpoint's weights. ``train`` and the compress stage's student
+    fits (``pipelines.compress``) both come through here.
     """
     checkpoint = _checkpoint_callback(cfg, task)
-    guards = fit_guards(checkpoint.dirpath)  # before tracking's callback: a SIGTERM save keeps unsent metrics
-    trainer = _make_trainer(cfg, [checkpoint, *_stopping(cfg, task), *guards, *callbacks], list(loggers))
+    # Guards before tracking's callback: a SIGTERM save keeps unsent metrics.
+    guards = fit_guards(checkpoint.dirpath, monitor=checkpoint.monitor)
+    every_epoch = [EpochSeed(cfg.seed), LastCheckpoint(checkpoint.dirpath)]
+    callbacks = [checkpoint, *every_epoch, *_stopping(cfg, task), *guards, *callbacks]
+    trainer = _make_trainer(cfg, callbacks, list(loggers))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)  # never unpickle code
     metrics = _test(trainer, model, datamodule, checkpoint) if test else {}
     return trainer, checkpoint, metrics
@@ -183,6 +211,7 @@ def _make_trainer(cfg: Config, callbacks: list[Callback], loggers: list[Any]) ->
         limit_train_batches=_limit(t.limit_train_batches),
         limit_val_batches=_limit(t.limit_val_batches),
         callbacks=[*callbacks, *([] if interactive else [EpochLine()])],
+        plugins=[AtomicCheckpointIO()],  # a full disk or a kill mid-write leaves the previous file whole
         logger=loggers or False,
         default_root_dir=cfg.output_dir,
         enable_progress_bar=interactive,
@@ -205,7 +234,7 @@ def _checkpoint_callback(cfg: Config, task: str) -> ModelCheckpoint:
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
+        save_last=False,  # Lightning 2.6 moved last.ckpt only with a new best: LastCheckpoint writes it every epoch
         enable_version_counter=False,
     )
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,11 +30,13 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from dl_lightning.errors import InputError
 from tune.callbacks import CHECKPOINT_FILE
+from tune.integrity import guarded_files, record_digests, verify_experiment
 from tune.space import Dimension, pbt_mutations, to_ray
 
 TRIAL_DRIVER_CPU = 0.01  # the trial process of a multi-worker trial only waits on its workers; Ray refuses 0
 STATE_FILE = "trial_state.json"
 STOP_GRACE_S = 30  # how long a stopped trial may take to close its MLflow run and Lightning state
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,8 @@ def run_sweep(
     ``RAY_ADDRESS`` is set, and otherwise started locally with this machine's CPUs and no dashboard; only a Ray
     started here is shut down here.
     """
+    if resume is not None:
+        verify_experiment(resume)  # before Ray unpickles anything in it
     if resume is not None and not is_experiment(resume):
         raise InputError(f"{resume} is not a sweep folder Ray can restore; pass the experiment_path of a sweep")
     _quiet_tune()
@@ -182,19 +189,66 @@ def ray_session(address: str | None) -> Iterator[float]:
         return
     started = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        start_local_ray()
+    with keeping_sigterm_handler():
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            start_local_ray()
     try:
         yield time.perf_counter() - started
     finally:
         ray.shutdown()  # a connected driver only disconnects; the cluster keeps running
 
 
+@contextlib.contextmanager
+def keeping_sigterm_handler() -> Iterator[None]:
+    """Give SIGTERM back to the Python handler the caller had installed before ``ray.init``, if any.
+
+    ``ray.init`` installs its own: it kills the local Ray processes from inside the handler and exits, and the
+    driver then aborts (exit 134 with a C++ stack dump) instead of unwinding. With the caller's handler back, a
+    SIGTERM unwinds the driver normally: ``finally`` blocks run and ``ray.shutdown`` stops Ray. Without one
+    (the default action), Ray's stays: it at least stops the Ray it started.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
+
+
 def start_local_ray() -> None:
-    """A Ray on this machine alone: all its CPUs, no dashboard, trial output kept out of the driver's terminal."""
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    """A Ray on this machine alone: all its CPUs, no dashboard, trial output kept out of the driver's terminal.
+
+    Its processes listen on 127.0.0.1 only: a local sweep has no other node to talk to, and Ray's ports on every
+    interface would let anyone on the network submit work to it.
+    """
+    with _loopback_node():
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            _node_ip_address=LOOPBACK,
+        )
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Let ``_node_ip_address=127.0.0.1`` stand: on Linux Ray swaps a loopback address for the machine's own IP,
+    and its gcs_server, raylet and workers then listen on every interface. With the swap off (Ray's own switch, as
+    on macOS) they listen on 127.0.0.1 only."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def max_concurrency(settings: SweepSettings) -> int:
@@ -236,6 +290,9 @@ def _quiet_tune() -> None:
     # Snapshot the experiment state every second, not every 10+: a killed driver then loses at most the last
     # second of trial bookkeeping, and --resume finds every trial that had started (ray#58179, #28082).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # "Started a local Ray instance", "Wrote the latest version of all result files…": info, not for the terminal
+    for name in ("ray", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], settings: SweepSettings, clock: Callback) -> Any:
@@ -280,7 +337,7 @@ def _run_config(settings: SweepSettings, clock: Callback) -> Any:
         failure_config=ray_tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),  # PBT clones the donor's latest
         stop=stop,
-        callbacks=[clock, *progress],
+        callbacks=[clock, *progress, DigestRecorder(str(Path(settings.storage_path) / settings.name))],
         verbose=0,
     )
 
@@ -371,6 +428,9 @@ def _record(result: Any, settings: SweepSettings) -> TrialRecord:
         status = "finished" if epochs >= settings.max_epochs else "stopped"
     pick = max if settings.mode == "max" else min
     trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
+    state = TrialContext(trial_id, str(Path(settings.trials_dir) / trial_id), None).load_state()
+    if status == "not run" and state.get("timed_out"):
+        status = "stopped"  # hung before its first report; its watchdog ended it (see pipelines.sweep.TrialFn)
     return TrialRecord(
         trial_id=trial_id,
         params=dict(result.config or {}),
@@ -382,7 +442,7 @@ def _record(result: Any, settings: SweepSettings) -> TrialRecord:
         history=history,
         last_result={k: v for k, v in metrics.items() if k != "config"},
         error=_first_line(result.error) if result.error is not None else None,
-        state=TrialContext(trial_id, str(Path(settings.trials_dir) / trial_id), None).load_state(),
+        state=state,
     )
 
 
@@ -418,6 +478,42 @@ class TrialTimeout(Stopper):
 
     def stop_all(self) -> bool:
         return False
+
+
+class DigestRecorder(Callback):
+    """Whenever the files a restore would unpickle change, sign their digests (``tune.integrity``).
+
+    Ray saves its state into a staging folder and copies it into the experiment folder in the background, so the
+    folder is checked at every step of the driver's loop (a ``stat`` per file; hashing only after a change) and at
+    every state save. It holds only the folder's path: it is pickled into ``tuner.pkl``, the key never is.
+    """
+
+    def __init__(self, experiment_path: str) -> None:
+        self.experiment_path = experiment_path
+        self._seen: tuple = ()
+
+    def refresh(self) -> None:
+        folder = Path(self.experiment_path)
+        try:
+            seen = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in guarded_files(folder))
+            if seen != getattr(self, "_seen", ()):
+                record_digests(folder)
+                self._seen = seen
+        except OSError:  # Ray renamed a temp file between listing and reading: the next step records it
+            self._seen = ()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.refresh()
+
+    def get_state(self) -> dict | None:
+        self.refresh()  # called as Ray saves the experiment state
+        return None  # nothing of its own to restore
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.refresh()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"experiment_path": self.experiment_path, "_seen": ()}
 
 
 class TrialClock(Callback):

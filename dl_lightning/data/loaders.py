@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from sklearn import datasets
 
-from dl_lightning.data.images import read_image_folder
+from dl_lightning.data.images import ImageSize, read_image_folder
 from dl_lightning.data.raw import RawData, check_finite, first_line
 from dl_lightning.data.spec import Kind, Task
-from dl_lightning.data.tables import read_table
+from dl_lightning.data.tables import read_table, table_kind
 from dl_lightning.errors import InputError
 
 PYTHON_DOCS_TOPICS = ("compound", "debugger", "specialnames", "types")
@@ -57,26 +57,66 @@ _KIND_BY_NDIM: dict[int, Kind] = {2: "tabular", 3: "sequence", 4: "image"}
 
 
 def read_source(
-    source: str, *, target: str | None, text_column: str | None, kind: Kind | None, image_size: int
+    source: str, *, target: str | None, text_column: str | None, kind: Kind | None, image_size: ImageSize
 ) -> RawData:
     """Reads ``source`` and shapes ``x`` for ``kind`` (inferred from the source when None)."""
     if source.startswith("builtin:"):
         raw = load_builtin(source.removeprefix("builtin:"))
     else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise InputError(f"data source {source} does not exist — set data.source to a file, folder or builtin:NAME")
+        path = locate(source)
         if path.is_dir():
             raw = read_image_folder(path, image_size)
         elif path.suffix.lower() in TABLE_SUFFIXES:
             raw = read_table(path, target=target, text_column=text_column, kind=kind)
-        elif path.suffix.lower() == ".npz":
-            raw = read_npz(path)
         else:
-            raise InputError(
-                f"unsupported file type '{path.suffix}' of {path.name} — use .csv, .parquet, .npz or an image folder"
-            )
+            raw = read_npz(path)
     return shape_for_kind(raw, kind)
+
+
+def locate(source: str) -> Path:
+    """The path of a file or folder source, or InputError when it is missing or of a type no reader takes."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"data source {source} does not exist — set data.source to a file, folder or builtin:NAME")
+    if not path.is_dir() and path.suffix.lower() not in (*TABLE_SUFFIXES, ".npz"):
+        raise InputError(
+            f"unsupported file type '{path.suffix}' of {path.name} — use .csv, .parquet, .npz or an image folder"
+        )
+    return path
+
+
+def source_kind(
+    source: str, *, target: str | None = None, text_column: str | None = None
+) -> tuple[Kind | None, tuple[int, ...] | None]:
+    """The kind ``source`` is by itself and, for NPZ files, the shape of ``x`` — without loading the data.
+
+    Builtins and folders are known by name; NPZ files by the header of ``x``; tables by whether they hold one
+    free-text column (the file is read). ``(None, None)`` when the header cannot be read: loading will say why.
+    Raises InputError for unknown builtins and missing or unsupported paths.
+    """
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in BUILTINS:
+            load_builtin(name)  # raises, naming the valid builtins
+        return BUILTINS[name][1], None
+    path = locate(source)
+    if path.is_dir():
+        return "image", None
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return table_kind(path, target=target, text_column=text_column), None
+    shape = npz_shape(path, "x")
+    return (_KIND_BY_NDIM.get(len(shape)), shape) if shape else (None, None)
+
+
+def npz_shape(path: Path, key: str) -> tuple[int, ...] | None:
+    """The shape of array ``key`` in an NPZ file, read from its header only; None when it cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return tuple(int(d) for d in reader(member)[0])
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return None
 
 
 def load_builtin(name: str) -> RawData:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dl_lightning.data.bounds import check_float32_range
 from dl_lightning.data.spec import Kind, Task
 from dl_lightning.errors import InputError
 
@@ -36,6 +37,7 @@ def check_finite(values: np.ndarray, what: str, name: str) -> None:
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise InputError(f"{what} in {name} has {bad} NaN/Inf values — fill or drop them")
+    check_float32_range(values, what, name)
 
 
 def first_line(err: Exception) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from dl_lightning.data.images import ImageSize
 from dl_lightning.data.loaders import read_source
 from dl_lightning.data.raw import RawData
 from dl_lightning.data.spec import DataSpec, Kind, Task
@@ -47,7 +48,7 @@ def load_splits(
     text_column: str | None = None,
     kind: str | None = None,
     task: str | None = None,
-    image_size: int = 32,
+    image_size: ImageSize = "auto",
     max_len: int = 64,
     max_vocab: int = 20000,
     val_fraction: float = 0.15,
@@ -59,6 +60,8 @@ def load_splits(
     Guarantees: the same arguments give identical splits; classification splits are stratified whenever every
     class has enough members; ``spec.mean``/``spec.std`` and ``spec.vocab`` come from the train split only;
     ``spec.fingerprint`` is the sha256 of the loaded arrays before splitting. Bad input raises InputError.
+    Image folders are resized to ``image_size`` square, or keep their own size with ``"auto"``
+    (see :func:`~dl_lightning.data.images.read_image_folder`).
     """
     _check_arguments(kind, task, val_fraction, test_fraction, max_len, max_vocab)
     raw = read_source(source, target=target, text_column=text_column, kind=kind, image_size=image_size)

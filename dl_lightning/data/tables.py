@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dl_lightning.data.bounds import check_float32_range, check_table_file
 from dl_lightning.data.raw import RawData, first_line
 from dl_lightning.data.spec import Kind
 from dl_lightning.errors import InputError
@@ -38,8 +39,19 @@ def read_table(path: Path, *, target: str | None, text_column: str | None, kind:
     return RawData(numeric_features(features, path.name), y, "tabular", path.name)
 
 
+def table_kind(path: Path, *, target: str | None = None, text_column: str | None = None) -> Kind:
+    """``text`` when ``text_column`` is set or the feature columns hold exactly one free-text column, else
+    ``tabular``: the rule :func:`read_table` applies when ``data.kind`` is not set."""
+    if text_column is not None:
+        return "text"
+    frame = read_frame(path)
+    features = frame.drop(columns=[pick_target(frame, target, path.name)])
+    return "text" if _one_free_text_column(features) else "tabular"
+
+
 def read_frame(path: Path) -> pd.DataFrame:
-    """The file as a DataFrame; unreadable files raise InputError."""
+    """The file as a DataFrame; unreadable files raise InputError (too wide or binary ones before parsing)."""
+    check_table_file(path)
     try:
         if path.suffix.lower() == ".csv":
             return pd.read_csv(path)
@@ -73,6 +85,7 @@ def target_values(column: pd.Series, target: str, name: str) -> np.ndarray:
         values = column.to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
             raise InputError(f"target column '{target}' in {name} has Inf values — fix or drop those rows")
+        check_float32_range(values, f"target column '{target}'", name)
         return values
     return column.astype(str).to_numpy(dtype=object)
 
@@ -81,12 +94,13 @@ def numeric_features(features: pd.DataFrame, name: str) -> np.ndarray:
     """``(N, F)`` float32; names the first non-numeric column, or the first column holding NaN/Inf."""
     for column in features.columns:
         if not pd.api.types.is_numeric_dtype(features[column]):
-            example = features[column].dropna().iloc[0] if features[column].notna().any() else "NaN"
+            example = _first_non_number(features[column])
             raise InputError(
                 f"feature column '{column}' in {name} is not numeric (e.g. {str(example)!r}) — encode it as "
                 "numbers, drop it, or set data.kind=text if it is free text"
             )
     values = features.to_numpy(dtype=np.float64, na_value=np.nan)
+    check_float32_range(values, "the feature columns", name)  # 1e308 would train as Inf, blamed on optim.lr
     bad = np.count_nonzero(~np.isfinite(values), axis=0)  # (F,)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
@@ -97,6 +111,13 @@ def numeric_features(features: pd.DataFrame, name: str) -> np.ndarray:
             "— fill or drop those rows"
         )
     return values.astype(np.float32)
+
+
+def _first_non_number(column: pd.Series) -> str:
+    """The first cell that does not read as a number: what makes the column non-numeric, not merely its first."""
+    values = column.dropna()
+    failed = values[pd.to_numeric(values, errors="coerce").isna()]
+    return str((failed if len(failed) else values).iloc[0]) if len(values) else "NaN"
 
 
 def pick_text_column(features: pd.DataFrame, text_column: str | None, name: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from dl_lightning.errors import InputError
 from pipelines.outputs import check_writable
 
-NAMES = ("loop", "tracking", "ddp", "sweeps", "compression", "input", "main_job")
+NAMES = ("loop", "tracking", "ddp", "sweeps", "compression", "distill", "input", "main_job", "quality")
 BENCH_HELP = "run the benchmarks (side-by-side ratios, median of repeats) and write <out>.json and <out>.md"
 BENCH_FLAGS: dict[str, dict[str, Any]] = {
     "--only": {"nargs": "+", "choices": NAMES, "metavar": "NAME", "help": f"run only these: {', '.join(NAMES)}"},

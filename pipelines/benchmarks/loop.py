@@ -1,9 +1,10 @@
 """Training-loop overhead: ``pipelines.train.train`` vs a hand-written PyTorch loop doing the same job.
 
 Same net (the registry's ``module.net``, built by the same call so the initial weights are equal), same data split,
-batch size, AdamW settings, seed and thread count, and the same shuffling: both draw the epoch permutation from the
-global torch generator seeded by ``seed_everything`` and consume it in the same order (init, then per epoch the
-sampler's seed and the dropout masks), so the two runs should end with equal weights. Both validate every epoch and
+batch size, AdamW settings, seed and thread count, and the same shuffling: both seed the global generators with
+``seed_everything`` before the init, reseed them from ``epoch_seed(seed, epoch)`` before each epoch's loader iterator
+is created (dlforge's ``EpochSeed``), and consume them in the same order (per epoch the loader's base seed, the
+sampler's seed, the dropout masks), so the two runs should end with equal weights. Both validate every epoch and
 save a ``last`` and a ``best`` checkpoint, as ``dlforge train`` does. Augmentation and the lr schedule are turned off
 (the hand loop would otherwise have to reimplement them); the final test is skipped (not part of an epoch).
 
@@ -24,6 +25,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipelines.benchmarks.common import BenchContext, BenchResult, Row, interleave, median, quiet, ratio_row, steady
+from pipelines.checkpoints import EpochSeed, epoch_seed
 from pipelines.config import PROJECT_ROOT, Config, load_config
 from pipelines.train import load_data, optim_settings, resolve_monitor, train
 
@@ -114,6 +116,8 @@ def hand_fit(cfg: Config) -> dict[str, Any]:
     best, starts, train_ends, steps, loss = None, [], [], 0, float("nan")
     for epoch in range(cfg.trainer.max_epochs):
         starts.append(time.perf_counter())
+        # dlforge reseeds every epoch so that a resumed run repeats the uninterrupted one; do the same here
+        L.seed_everything(epoch_seed(cfg.seed, epoch), workers=True, verbose=False)
         net.train()
         total, count = torch.zeros(()), 0
         for x, y in loader:
@@ -168,7 +172,7 @@ def lightning_fit(cfg: Config) -> dict[str, Any]:
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         accelerator="cpu",
-        callbacks=[checkpoint, timer],
+        callbacks=[checkpoint, timer, EpochSeed(cfg.seed)],  # the same per-epoch reseeding as dlforge
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import time
 import traceback
 from pathlib import Path
@@ -19,8 +20,10 @@ BENCHMARKS = {
     "ddp": "pipelines.benchmarks.ddp",
     "sweeps": "pipelines.benchmarks.sweeps",
     "compression": "pipelines.benchmarks.compression",
+    "distill": "pipelines.benchmarks.distill",
     "input": "pipelines.benchmarks.input",
     "main_job": "pipelines.benchmarks.main_job",
+    "quality": "pipelines.benchmarks.quality",
 }
 
 
@@ -40,7 +43,24 @@ def run_benchmarks(names: list[str], ctx: BenchContext, out: str | Path, log=pri
         report["benchmarks"].append(dataclasses.asdict(result))
     report["machine"]["load_average_end"] = machine()["load_average"]
     report["wall_s"] = round(time.perf_counter() - started, 1)
+    keep_earlier(report, Path(out))
     return write_outputs(report, Path(out))
+
+
+def keep_earlier(report: dict[str, Any], out: Path) -> None:
+    """Adds the sections of an earlier ``<out>.json`` that this run did not redo, in the doc's order, marked
+    ``earlier: true``: ``--only NAME`` rewrites its own section and keeps the others."""
+    earlier_file = out.with_name(out.name + ".json")
+    try:
+        earlier = json.loads(earlier_file.read_text())["benchmarks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no earlier report, or one this code cannot read: write this run's sections only
+    ran = {bench["name"] for bench in report["benchmarks"]}
+    kept = [
+        {**bench, "earlier": True} for bench in earlier if bench.get("name") in BENCHMARKS and bench["name"] not in ran
+    ]
+    order = list(BENCHMARKS)
+    report["benchmarks"] = sorted(report["benchmarks"] + kept, key=lambda bench: order.index(bench["name"]))
 
 
 def run_one(name: str, ctx: BenchContext) -> BenchResult:
@@ -94,7 +114,8 @@ def section(bench: dict[str, Any]) -> list[str]:
     lines += ["| measure | value | [min, max] | target | met | note |", "|---|---|---|---|---|---|"]
     lines += [table_row(Row(**row)) for row in bench["rows"]]
     setup = "; ".join(f"{k}: {v}" for k, v in bench["setup"].items())
-    return [*lines, "", bench["interpretation"], "", f"<sub>Setup — {setup}; {bench['seconds']} s.</sub>", ""]
+    when = " From an earlier run than the header's." if bench.get("earlier") else ""
+    return [*lines, "", bench["interpretation"], "", f"<sub>Setup — {setup}; {bench['seconds']} s.{when}</sub>", ""]
 
 
 def table_row(row: Row) -> str:

@@ -48,7 +48,7 @@ def test_train_then_compress(cli, tiny, tmp_path, source, family, recipe):
     assert summary["command"] == "compress" and summary["passed"] is True
     assert {g["name"] for g in summary["gates"]} >= {"teacher parity", "teacher INT8 drop", "student drop"}
     for key in ("teacher", "teacher-int8", "student", "student-int8"):
-        assert Path(summary["paths"][key]).is_file()
+        assert Path(summary["paths"][f"onnx_{key.replace('-', '_')}"]).is_file()
 
 
 @pytest.mark.slow
@@ -98,7 +98,7 @@ def test_registry_round_trip_train_compress_predict(cli, tiny, tmp_path, store):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    int8 = summary["paths"]["teacher-int8"]
+    int8 = summary["paths"]["onnx_teacher_int8"]
     names = np.array(export.read_metadata(int8)["class_names"])
     expected = names[export.run_session(export.open_session(int8), x).argmax(1)]
     assert (pd.read_csv(tmp_path / "p.csv")["prediction"].astype(str).to_numpy() == expected.astype(str)).all()

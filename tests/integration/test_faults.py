@@ -198,3 +198,138 @@ def test_a_trial_running_past_trial_timeout_is_stopped_inside_its_epoch_and_reco
     child = next(r for r in runs if r.data.tags.get("dlforge.kind") == "trial")
     assert child.info.status == "FINISHED"  # ended, not left RUNNING
     assert len(client.get_metric_history(child.info.run_id, "val/acc")) == 1
+
+
+# ---------------------------------------------------------------- checkpoint and history integrity
+
+SAME_SEED_EPOCHS = 8
+
+
+def seeded_args(tmp_path: Path, name: str, output: Path | None = None) -> list[str]:
+    """A fit slow enough to kill mid-run (digits, batch 16: ~0.3 s an epoch), registering its model."""
+    return [
+        "train",
+        "data.source=builtin:digits",
+        "model.family=mlp",
+        "model.mlp.hidden=[64]",
+        "data.batch_size=16",
+        f"trainer.max_epochs={SAME_SEED_EPOCHS}",
+        "trainer.threads=1",
+        "seed=7",
+        "tracking.register=true",
+        f"output_dir={output or tmp_path / name}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.experiment={name}",
+    ]
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def history(client: MlflowClient, run_id: str, prefixes: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(prefixes)]
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
+
+
+@pytest.mark.timeout(420)
+def test_kill_9_after_epoch_3_and_resume_repeats_the_uninterrupted_history_step_for_step(tmp_path):
+    baseline = start(seeded_args(tmp_path, "whole"))
+    finish(baseline)
+    victim = start(seeded_args(tmp_path, "killed"))
+    wait_for_epoch(victim, 3)
+    os.killpg(victim.pid, signal.SIGKILL)  # anywhere after epoch 3's line: its checkpoint may be half done
+    assert victim.wait(timeout=30) == -signal.SIGKILL
+    last = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] >= 1
+    finish(start([*seeded_args(tmp_path, "killed"), "--resume", "auto"]))
+
+    client, run = only_run(tmp_path, "killed")
+    _, whole = only_run(tmp_path, "whole")
+    assert run.info.status == "FINISHED" and run.data.tags.get("dlforge.resumed") == "true"
+    resumed_history = history(client, run.info.run_id, ("train/", "val/", "epoch", "test/"))
+    whole_history = history(client, whole.info.run_id, ("train/", "val/", "epoch", "test/"))
+    assert resumed_history.keys() == whole_history.keys()
+    for key, steps in whole_history.items():
+        assert resumed_history[key] == steps, key  # same steps, same values: no epoch lost, doubled or different
+    assert len(resumed_history["test/acc"]) == 1
+    versions = client.search_model_versions(f"run_id='{run.info.run_id}'")
+    assert [str(v.version) for v in versions] == ["1"]
+
+    finish(start([*seeded_args(tmp_path, "killed"), "--resume", "auto"]))  # the issue's repro: resume a finished run
+    client, run = only_run(tmp_path, "killed")
+    assert history(client, run.info.run_id, ("train/", "val/", "epoch", "test/")) == resumed_history
+    assert len(client.search_model_versions(f"run_id='{run.info.run_id}'")) == 1
+
+
+FULL_DISK = textwrap.dedent(
+    """
+    set -e
+    mount -t tmpfs -o size=2m tmpfs "$DISK"
+    "$@" > "$DISK/../train.out" 2> "$DISK/../train.err" &
+    job=$!
+    until grep -q '^epoch 2/' "$DISK/../train.out" 2>/dev/null; do
+        kill -0 $job 2>/dev/null || break
+        sleep 0.05
+    done
+    dd if=/dev/zero of="$DISK/filler" bs=4k 2>/dev/null || true  # the disk is now full
+    set +e
+    wait $job
+    echo "exit $?" > "$DISK/../train.rc"
+    cp -a "$DISK/out/checkpoints" "$DISK/../kept"
+    """
+)
+
+
+def can_mount_tmpfs() -> bool:
+    probe = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /mnt"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.timeout(300)
+def test_a_full_disk_leaves_last_ckpt_whole_fails_the_run_and_resume_continues(tmp_path):
+    """A real full disk: a 2 MiB tmpfs (in a user+mount namespace, no root needed) holds output_dir; the store is
+    elsewhere, as on a cluster. Lightning's writer used to copy its /tmp file into last.ckpt in place, cutting it."""
+    if not can_mount_tmpfs():
+        pytest.skip("unprivileged user namespaces are off here: cannot mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = tmp_path / "full_disk.sh"
+    script.write_text(FULL_DISK)
+    args = seeded_args(tmp_path, "full", output=disk / "out")
+    command = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "bash",
+        str(script),
+        sys.executable,
+        "-m",
+        "pipelines",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "DISK": str(disk)}
+    subprocess.run([*command, *args], env=env, timeout=240, check=True)
+
+    assert (tmp_path / "train.rc").read_text().strip() == "exit 1", (tmp_path / "train.err").read_text()[-3000:]
+    err = (tmp_path / "train.err").read_text()
+    assert "Traceback" not in err and "could not write checkpoint" in err and "disk is full" in err, err[-3000:]
+    kept = tmp_path / "kept"
+    assert sorted(p.name for p in kept.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp file left behind
+    saved = torch.load(kept / "last.ckpt", weights_only=True)  # whole: it loads
+    assert 0 <= saved["epoch"] < SAME_SEED_EPOCHS - 1
+    client, run = only_run(tmp_path, "full")
+    assert run.info.status == "FAILED"
+
+    (disk / "out").mkdir()  # space again (the tmpfs went with its namespace): continue from the kept files
+    os.rename(kept, disk / "out" / "checkpoints")
+    finish(start([*args, "--resume", "auto"]))
+    client, run = only_run(tmp_path, "full")
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc"))
+    assert steps == list(range(SAME_SEED_EPOCHS))

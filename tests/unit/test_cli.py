@@ -63,7 +63,10 @@ def _bad_inputs(tmp_path):
         "missing file": ([f"data.source={tmp_path / 'nope.csv'}"], "does not exist"),
         "unknown builtin": (["data.source=builtin:mnist"], "builtin"),
         "absent target": ([f"data.source={_csv(tmp_path, ok, 'ok')}", "data.target=y"], "target"),
-        "non-numeric feature": ([f"data.source={_csv(tmp_path, text_feature, 'text')}", "data.kind=tabular"], "'b'"),
+        "non-numeric feature": (
+            [f"data.source={_csv(tmp_path, text_feature, 'text')}", "data.kind=tabular", "model.family=mlp"],
+            "'b'",
+        ),
         "nan in features": ([f"data.source={_csv(tmp_path, nan, 'nan')}"], "NaN"),
         "single class": ([f"data.source={_csv(tmp_path, single, 'single')}"], "class"),
         "empty image folder": ([f"data.source={empty}"], "image"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -232,12 +233,19 @@ def _result(tmp_path, *, passed: bool):
         comp.Row("teacher fp32 (ONNX)", "onnxruntime", 21, 90, 1.0, LATENCY, 0.0, str(fp32), "teacher_fp32_onnx"),
         comp.Row("teacher INT8 (dynamic)", "onnxruntime", 21, 80, 0.99, LATENCY, None, str(int8), "teacher_int8_onnx"),
     ]
-    gates = [comp.Gate("teacher parity", True, "ok"), comp.Gate("teacher INT8 drop", passed, "drop +1.00 points")]
+    gates = [
+        comp.Gate("teacher parity", True, "ok", ("teacher", "teacher-int8")),
+        comp.Gate("teacher INT8 drop", passed, "drop +1.00 points", ("teacher-int8",)),
+        comp.Gate("teacher fp32 sanity", passed, "made up for the test: fails with the INT8 drop", ("teacher",)),
+    ]
     md, js = comp.write_report(
         tmp_path, {"metric": "test/acc", "teacher": {"checkpoint": "t.ckpt", "family": "mlp"}}, rows, gates
     )
     files = {"teacher": str(fp32), "teacher-int8": str(int8)}
-    result = comp.CompressResult(str(tmp_path), "test/acc", rows, gates, files, str(md), str(js), "f" * 32)
+    champion = "teacher-int8" if passed else None
+    result = comp.CompressResult(
+        str(tmp_path), "test/acc", rows, gates, files, str(md), str(js), "f" * 32, champion=champion
+    )
     teacher = comp.Teacher(None, "t.ckpt", "mlp", NAMED, {}, "f" * 32)
     return result, teacher, probe
 
@@ -265,6 +273,7 @@ def test_passing_models_are_logged_and_the_shipped_one_registered(store, tmp_pat
     }
 
     versions = result.registered.pop("versions")
+    assert result.registered.pop("models") == {k: f"models:/dlforge-mlp-onnx/{v}" for k, v in versions.items()}
     assert result.registered == {
         "name": "dlforge-mlp-onnx",
         "version": versions["teacher-int8"],
@@ -370,3 +379,174 @@ def test_teacher_run_ids_and_registry_refs_resolve_in_the_configured_store(store
     for bad in ("models:/nope@candidate", "0" * 32):
         code, _, err = cli("compress", *tiny, f"tracking.uri={store}", "--teacher", bad)
         assert code == 2 and len(err.strip().splitlines()) == 1 and bad in err, err
+
+
+# ---------------------------------------------------------------- gates guard what they gate; the champion
+
+FILES = {k: f"{k}.onnx" for k in ("teacher", "teacher-int8", "student", "student-int8")}
+
+
+def _gates(**failed: bool) -> list[comp.Gate]:
+    """The gates a compress run makes, each guarding its own artifacts; ``failed`` names those that fail."""
+    guards = {
+        "teacher_parity": ("teacher", "teacher-int8"),
+        "teacher_int8_drop": ("teacher-int8",),
+        "student_parity": ("student", "student-int8"),
+        "student_int8_drop": ("student-int8",),
+        "student_drop": ("student", "student-int8"),
+    }
+    return [comp.Gate(name, not failed.get(name, False), "d", g) for name, g in guards.items()]
+
+
+def _order(*overrides, family="mlp"):
+    from pipelines.config import load_config
+
+    return comp.preference(load_config(None, list(overrides)), comp.Teacher(None, "t", family, SPEC, {}, None))
+
+
+def test_preference_starts_at_compress_register_then_its_other_precision_then_the_other_model():
+    assert _order() == ["teacher-int8", "teacher", "student-int8", "student"]
+    assert _order("compress.register=student-int8") == ["student-int8", "student", "teacher-int8", "teacher"]
+    assert _order("compress.register=student") == ["student", "student-int8", "teacher", "teacher-int8"]
+    assert _order("compress.register=none") == _order()  # none registers no candidate; the champion is still chosen
+    assert _order(family="gan")[:2] == ["generator-int8", "generator"]
+
+
+@pytest.mark.parametrize(
+    ("register", "failed", "champion", "shipped"),
+    [
+        ("teacher-int8", {}, "teacher-int8", list(FILES)),
+        # a failing student does not block a passing teacher INT8
+        ("teacher-int8", {"student_drop": True}, "teacher-int8", ["teacher", "teacher-int8"]),
+        ("teacher-int8", {"teacher_int8_drop": True}, "teacher", ["teacher", "student", "student-int8"]),
+        ("student-int8", {"student_drop": True}, "teacher-int8", ["teacher", "teacher-int8"]),
+        ("student-int8", {"student_int8_drop": True}, "student", ["teacher", "teacher-int8", "student"]),
+        ("teacher-int8", {"teacher_parity": True}, "student-int8", ["student", "student-int8"]),
+        ("teacher-int8", {"teacher_parity": True, "student_parity": True}, None, []),  # all failing
+    ],
+)
+def test_champion_is_the_preferred_artifact_whose_own_gates_passed(register, failed, champion, shipped):
+    gates = _gates(**failed)
+    assert comp.shippable(FILES, gates) == shipped
+    assert comp.choose_champion(_order(f"compress.register={register}"), FILES, gates) == champion
+
+
+def test_a_gate_without_guards_holds_back_every_artifact():
+    gates = [comp.Gate("global", False, "d")]
+    assert comp.shippable(FILES, gates) == [] and comp.choose_champion(_order(), FILES, gates) is None
+
+
+def _fake_compress(tmp_path, monkeypatch, gates, champion):
+    row = comp.Row("teacher fp32 (PyTorch)", "pytorch", 10, 40, 0.9, LATENCY)
+    files = {k: str(tmp_path / v) for k, v in FILES.items()}
+    result = comp.CompressResult(
+        str(tmp_path), "test/acc", [row], gates, files, "r.md", "r.json", None, champion=champion
+    )
+    monkeypatch.setattr(comp, "compress", lambda cfg, teacher: result)
+
+
+def test_compress_exits_0_with_a_champion_and_prints_every_failed_gate(cli, tiny, monkeypatch, tmp_path):
+    import json
+
+    _fake_compress(tmp_path, monkeypatch, _gates(student_drop=True, student_int8_drop=True), "teacher-int8")
+    code, out, err = cli("compress", *tiny, "--teacher", "x.ckpt")
+    assert code == 0, err
+    assert "gate failed: student_drop" in err and "gate failed: student_int8_drop" in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["champion"] == "teacher-int8" and summary["passed"] is False
+    assert summary["paths"]["onnx_teacher_int8"].endswith("teacher-int8.onnx")
+    code, _, err = cli("compress", *tiny, "--teacher", "x.ckpt", "--strict")
+    assert code == 1 and "student_drop" in err  # --strict: any failed gate fails the command
+
+
+def test_compress_exits_1_when_no_artifact_passed(cli, tiny, monkeypatch, tmp_path):
+    _fake_compress(tmp_path, monkeypatch, _gates(teacher_parity=True, student_parity=True), None)
+    code, _, err = cli("compress", *tiny, "--teacher", "x.ckpt")
+    assert code == 1 and "teacher_parity" in err and "nothing registered" in err
+
+
+def test_the_report_names_the_champion_and_what_was_held_back(tmp_path):
+    gates = _gates(student_drop=True)
+    report = {"metric": "test/acc", "teacher": {"checkpoint": "t", "family": "mlp"}, "files": FILES}
+    report |= {"champion": "teacher-int8", "shipped": comp.shippable(FILES, gates)}
+    md, js = comp.write_report(tmp_path, report, [], gates)
+    text = md.read_text()
+    assert "champion: teacher-int8; shipped: teacher, teacher-int8; failed: student_drop" in text
+    assert "not shipped: student, student-int8" in text and "(guards student, student-int8)" in text
+
+
+def test_a_failing_student_is_not_registered_while_the_teacher_is(store, tmp_path):
+    """Real MLflow: the passing teacher files become versions (INT8 the candidate); the student stays an artifact."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    cfg = _tracked_cfg(store, tmp_path)
+    result, teacher, probe = _result(tmp_path, passed=True)
+    student = _tiny_onnx(tmp_path / "onnx" / "student.onnx", seed=3)
+    gates = [*result.gates, comp.Gate("student drop", False, "drop +5.00 points", ("student", "student-int8"))]
+    rows = [*result.rows, comp.Row("student fp32 (ONNX)", "onnxruntime", 21, 90, 0.9, LATENCY, 0.0, str(student))]
+    files = result.files | {"student": str(student)}
+    champion = comp.choose_champion(comp.preference(cfg, teacher), files, gates)
+    result = dataclasses.replace(result, gates=gates, rows=rows, files=files, champion=champion)
+    with tracking.job_run(cfg, kind="compress") as run_id:
+        result = comp.log_result(cfg, run_id, teacher, probe, result)
+    client = MlflowClient(tracking_uri=store)
+    assert result.champion == "teacher-int8" and result.registered["model"] == "teacher-int8"
+    assert set(result.registered["versions"]) == {"teacher", "teacher-int8"}
+    assert {a.path for a in client.list_artifacts(run_id, "onnx")} == {"onnx/student.onnx"}
+    assert client.get_run(run_id).data.tags["dlforge.gates"] == "partial"
+
+
+# ---------------------------------------------------------------- distillation that pays: budget, schedule, mixup
+
+
+def test_student_budget_is_the_teachers_epochs_under_auto():
+    from pipelines.config import load_config
+
+    teacher = comp.Teacher(None, "t", "mlp", SPEC, {"hidden": [8]}, None, epochs=25)
+    assert comp.student_epochs(load_config(None, []), teacher) == 25  # compress.epochs: auto is the default
+    assert comp.student_epochs(load_config(None, ["compress.epochs=3"]), teacher) == 3
+    fit = comp.student_fit_config(load_config(None, ["optim.scheduler=step"]), teacher, "mlp")
+    assert fit.trainer.max_epochs == 25 and fit.optim.scheduler == "step" and fit.trainer.devices == 1
+    cosine = comp.student_fit_config(
+        load_config(None, ["compress.schedule=cosine", "optim.scheduler=step"]), teacher, "mlp"
+    )
+    assert cosine.optim.scheduler == "cosine"
+
+
+def test_the_default_student_has_at_most_a_quarter_of_the_parameters():
+    from pipelines.config import load_config
+
+    cfg = load_config(None, [])
+    image = DataSpec("image", "classification", (1, 8, 8), 10)
+    for family, spec in (("mlp", SPEC), ("mlp", DataSpec("tabular", "classification", (300,), 3)), ("cnn", image)):
+        arch = dataclasses.replace(cfg.model, family=family).arch()
+        teacher = comp.Teacher(build_model(family, spec, arch, {}), "t", family, spec, arch, None)
+        _, small = comp.sized_student_arch(cfg, teacher)
+        ratio = comp._count(build_model(family, spec, small, {})) / comp._count(teacher.module)
+        assert 0.15 < ratio <= 0.25, (family, spec.input_shape, ratio)  # narrowed only as far as needed
+
+
+def test_mixed_inputs_are_convex_blends_of_the_batch():
+    from dl_lightning.distill import mix_inputs
+
+    x = torch.stack([torch.zeros(3, 4), torch.ones(3, 4)])  # (2, 3, 4)
+    mixed = mix_inputs(x, 0.4)
+    assert mixed.shape == x.shape and ((mixed >= 0) & (mixed <= 1)).all()
+    assert torch.allclose(mixed, mixed[:, :1, :1].expand_as(mixed))  # one weight per example
+
+
+def test_distill_with_mixup_trains_and_keeps_the_hard_term_on_real_examples(tmp_path):
+    torch.manual_seed(0)
+    teacher = build_model("mlp", SPEC, {"hidden": [16]}, {})
+    student = build_model("mlp", SPEC, {"hidden": [4], "dropout": 0.0}, {"lr": 1e-2})
+    module = DistillModule(student, teacher, "classification", alpha=0.1, temperature=2.0, mixup=0.2)
+    data = TensorDataset(torch.randn(64, 6), torch.randint(0, 3, (64,)))
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    with pytest.raises(ValueError, match="mixup"):
+        DistillModule(student, teacher, "classification", alpha=0.1, temperature=2.0, mixup=-1.0)

@@ -172,8 +172,8 @@ def test_resume_auto_takes_the_newest_of_last_and_a_slurm_requeue_save(tmp_path)
     (tmp_path / "checkpoints").mkdir()
     last, hpc = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
     assert guards.newest_checkpoint(tmp_path / "checkpoints", tmp_path) is None
-    last.write_bytes(b"x")
-    hpc.write_bytes(b"x")
+    torch.save({"epoch": 1}, last)
+    torch.save({"epoch": 2}, hpc)
     os.utime(last, (1, 1))
     assert guards.newest_checkpoint(tmp_path / "checkpoints", tmp_path) == hpc
     os.utime(hpc, (0, 0))
@@ -351,3 +351,141 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temp(tmp_path, mon
         outputs.write_json_atomic(path, {"v": 2})
     assert path.read_text() == '{\n  "v": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+# ---------------------------------------------------------------- checkpoint and history integrity
+
+
+class Worsening(L.LightningModule):
+    """Logs ``val/loss`` = the epoch number: the monitor is best after the first epoch and never improves again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def tiny_datamodule() -> L.LightningDataModule:
+    data = TensorDataset(torch.randn(8 * BATCHES, 4), torch.randn(8 * BATCHES, 1))
+    return L.LightningDataModule.from_datasets(train_dataset=data, val_dataset=data, batch_size=8)
+
+
+def test_last_ckpt_is_the_last_completed_epoch_when_the_monitor_stopped_improving(tmp_path):
+    from pipelines.config import build_config
+    from pipelines.train import fit_module
+
+    overrides = {"output_dir": str(tmp_path), "trainer.max_epochs": 4, "trainer.monitor": "val/loss"}
+    cfg = build_config({}, {**overrides, "trainer.accelerator": "cpu", "tracking.enabled": False})
+    fit_module(cfg, Worsening(), tiny_datamodule(), "regression", test=False)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["epoch"] == 0  # the monitor never improved after the first epoch
+    assert (last["epoch"], last["global_step"]) == (3, 4 * BATCHES)  # yet last.ckpt is the fourth, last epoch
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+    more = build_config({}, {**overrides, "trainer.max_epochs": 5, "trainer.accelerator": "cpu"})
+    trainer, _, _ = fit_module(
+        more,
+        Worsening(),
+        tiny_datamodule(),
+        "regression",
+        resume=str(tmp_path / "checkpoints" / "last.ckpt"),
+        test=False,
+    )
+    assert trainer.global_step == 5 * BATCHES  # continued from the last epoch: one epoch more, none repeated
+
+
+def test_resume_auto_skips_a_last_ckpt_cut_short_and_takes_best(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.save({"epoch": 1}, folder / "best.ckpt")
+    assert guards.newest_checkpoint(folder, tmp_path) is None  # no last.ckpt yet: a new fit, not a resume from best
+    torch.save({"epoch": 3, "pad": torch.zeros(4096)}, folder / "last.ckpt")
+    whole = (folder / "last.ckpt").read_bytes()
+    (folder / "last.ckpt").write_bytes(whole[: len(whole) // 2])  # what a full disk left when writing in place
+    assert guards.newest_checkpoint(folder, tmp_path) == folder / "best.ckpt"
+
+
+def half_then_enospc(real_save, epoch: int):
+    """``torch.save`` that writes half of epoch ``epoch``'s checkpoint bytes, then fails as a full disk does."""
+
+    def save(obj, f, *args, **kwargs):
+        if not (isinstance(obj, dict) and obj.get("epoch") == epoch):
+            return real_save(obj, f, *args, **kwargs)
+        import io
+
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        raise OSError(28, "No space left on device")
+
+    return save
+
+
+def test_a_full_disk_mid_checkpoint_keeps_the_previous_last_ckpt_exits_1_and_fails_the_run(
+    cli, tmp_path, store, monkeypatch
+):
+    monkeypatch.setattr(torch, "save", half_then_enospc(torch.save, epoch=1))
+    out = tmp_path / "out"
+    args = ["model.family=mlp", "data.source=builtin:iris", "data.batch_size=16", f"output_dir={out}"]
+    code, _, err = cli("train", *args, "trainer.max_epochs=3", f"tracking.uri={store}")
+    assert code == 1
+    line = one_error_line(err)
+    assert line.startswith("dlforge: error: could not write checkpoint ") and "(the disk is full)" in line
+    assert line.endswith("the previous one is intact — free space, then rerun with --resume auto")
+    kept = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert kept["epoch"] == 0  # the epoch before the failed write, whole
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp left
+    _, run = only_run(store)
+    assert run.info.status == "FAILED"
+
+    monkeypatch.undo()  # space freed: the job continues from the intact file, in the same run
+    code, _, err = cli("train", *args, "trainer.max_epochs=3", f"tracking.uri={store}", "--resume", "auto")
+    assert code == 0, err
+    client, run = only_run(store)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc")) == [0, 1, 2]
+
+
+def test_a_diverging_run_keeps_no_checkpoint_with_a_nan_loss_or_exploded_weights(cli, tmp_path, store):
+    out = tmp_path / "out"
+    code, _, err = cli(
+        "train",
+        "model.family=mlp",
+        "data.source=builtin:wine",
+        "optim.name=sgd",
+        "optim.lr=1e6",  # weights reach ~1e15 after one epoch; val/loss overflows to NaN while val/acc stays finite
+        "trainer.max_epochs=6",
+        f"output_dir={out}",
+        f"tracking.uri={store}",
+    )
+    assert code == 1
+    assert "val/loss became nan by epoch 1" in one_error_line(err)
+    for path in (out / "checkpoints").glob("*.ckpt"):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert max(float(t.abs().max()) for t in state.values() if t.is_floating_point()) < 1e6, path
+    _, run = only_run(store)
+    assert run.info.status == "FAILED"
+
+
+def test_resuming_a_finished_run_registers_no_second_version_and_logs_test_once(cli, tmp_path, store):
+    args = ["model.family=mlp", "data.source=builtin:wine", "trainer.max_epochs=3", "seed=1", "tracking.register=true"]
+    args += [f"tracking.uri={store}", f"output_dir={tmp_path / 'o'}"]
+    assert cli("train", *args)[0] == 0
+    code, out, err = cli("train", *args, "--resume", "auto")
+    assert code == 0, err
+    assert "version 1" in out
+    client, run = only_run(store)
+    assert [str(v.version) for v in client.search_model_versions(f"run_id='{run.info.run_id}'")] == ["1"]
+    for key in [k for k in run.data.metrics if k.startswith(("test/", "train/", "val/"))]:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)  # no step logged twice

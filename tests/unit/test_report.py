@@ -1,5 +1,10 @@
 """The pipeline report renders every stage's result, in markdown and as one self-contained HTML page."""
 
+import json
+from pathlib import Path
+
+import pytest
+
 from pipelines.config import Config
 from pipelines.report import write_reports
 
@@ -45,3 +50,139 @@ def test_report_without_tracking_says_nothing_was_registered(tmp_path):
     del stages["sweep"], stages["promote"]
     md, _ = write_reports(Config(), stages, tmp_path)
     assert "Tracking is off: nothing was registered." in md.read_text()
+
+
+# ---------------------------------------------------------------- dlforge run: sweeps by default; what it lists
+
+
+def test_run_sweeps_by_default_and_train_never_does(cli, tiny, monkeypatch):
+    from pipelines import sweep
+    from pipelines.config import load_config
+    from pipelines.run import quick_overrides
+
+    assert load_config(None, []).tune.enabled is True
+    assert load_config(None, [], quick_overrides()).tune.enabled is True  # --quick sweeps too (two short trials)
+    assert load_config(None, ["tune.enabled=false"]).tune.enabled is False
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("dlforge train swept")
+
+    monkeypatch.setattr(sweep, "sweep", no_sweep)
+    code, out, err = cli("train", *tiny, "model.family=mlp", "data.source=builtin:iris", "tune.num_samples=3")
+    assert code == 0, err
+    assert "dlforge: tune.num_samples unused: dlforge train never sweeps (dlforge tune or run does)" in out
+
+
+def _capture_pipeline(monkeypatch):
+    from pipelines import run
+
+    seen = {}
+
+    def fake(cfg, force=False):
+        seen["cfg"] = cfg
+        raise run.StageFailed("stopped by the test")
+
+    monkeypatch.setattr(run, "run_pipeline", fake)
+    return seen
+
+
+def test_no_sweep_turns_the_sweep_off_and_names_unused_tune_keys(cli, tiny, monkeypatch):
+    seen = _capture_pipeline(monkeypatch)
+    assert cli("run", *tiny)[0] == 1
+    assert seen["cfg"].tune.enabled is True
+    code, out, _ = cli("run", *tiny, "--no-sweep", "tune.num_samples=3", "tune.scheduler=fifo")
+    assert code == 1 and seen["cfg"].tune.enabled is False
+    lines = [line for line in out.splitlines() if "unused" in line]
+    assert lines == [
+        "dlforge: tune.num_samples, tune.scheduler unused: the sweep is off (tune.enabled=false or --no-sweep)"
+    ]
+    _, out, _ = cli("run", *tiny, "tune.enabled=false")
+    assert "unused" not in out  # nothing set, nothing to say
+
+
+def test_exit_code_follows_the_champion_and_strict():
+    from pipelines.run import exit_code
+
+    failed = [{"name": "student drop", "passed": False}]
+    assert exit_code(True, failed, strict=False) == 0  # a champion was promoted: every failed gate only printed
+    assert exit_code(True, failed, strict=True) == 1
+    assert exit_code(True, [], strict=True) == 0
+    assert exit_code(False, failed, strict=False) == 1
+
+
+# The files a user opens or hands on; the ledger and stage summaries are the command's own bookkeeping.
+OPENED = {".yaml", ".yml", ".csv", ".png", ".md", ".html", ".onnx", ".ckpt", ".json"}
+BOOKKEEPING = {"summary.json", "pipeline_state.json"}
+
+
+def _listed(value) -> set[str]:
+    if isinstance(value, dict):
+        return set().union(*map(_listed, value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*map(_listed, value)) if value else set()
+    return {str(Path(value).resolve())} if isinstance(value, str) else set()
+
+
+def _opened_files(out: Path) -> set[str]:
+    return {
+        str(p.resolve()) for p in out.rglob("*") if p.is_file() and p.suffix in OPENED and p.name not in BOOKKEEPING
+    }
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("tracked", [False, True], ids=["tracking-off", "tracking-on"])
+def test_every_file_run_writes_is_listed_under_paths(cli, tiny, tmp_path, request, tracked):
+    """dlforge run (no sweep: Ray stays out of unit tests) on a tiny table: all it wrote is in summary.json, and with
+    tracking on every version it registered is under ``models`` with its aliases."""
+    args = [*tiny, "model.family=mlp", "data.source=builtin:iris", "compress.latency_repeats=2", "--no-sweep"]
+    if tracked:
+        args = [a for a in args if not a.startswith("tracking.")] + [f"tracking.uri={request.getfixturevalue('store')}"]
+    code, _, err = cli("run", *args, "compress.max_student_drop=100", "compress.max_int8_drop=100")
+    assert code == 0, err
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    missing = _opened_files(out) - _listed(summary["paths"])
+    assert not missing, sorted(missing)
+    for key in ("report_html", "onnx_teacher_int8", "onnx_student", "compress_report_md", "best_checkpoint"):
+        assert Path(summary["paths"][key]).is_file(), key
+    assert summary["champion"] == "teacher-int8"
+    if not tracked:
+        assert summary["models"] == []  # nothing registered
+        return
+    models = {m["artifact"]: m for m in summary["models"]}
+    assert set(models) == {"pytorch", "teacher", "teacher-int8", "student", "student-int8"}
+    assert models["teacher-int8"]["uri"].startswith("models:/dlforge-mlp-onnx/")
+    assert {"candidate", "champion", "int8"} <= set(models["teacher-int8"]["aliases"])
+    assert "review_reports" in summary["paths"] and "plots" in summary["paths"]  # review files, tracking on
+
+
+def test_sweep_paths_list_the_best_config():
+    from pipelines.run import sweep_paths
+
+    sweep = {"best_config": "b.yaml", "results_csv": "r.csv", "plot": None, "experiment_path": "/e", "trials": []}
+    assert sweep_paths(sweep) == {"best_config": "b.yaml", "results_csv": "r.csv", "experiment_path": "/e"}
+
+
+def test_report_says_which_artifact_is_champion_and_which_gates_held_what_back(tmp_path):
+    stages = _stages(tmp_path)
+    failed = {"name": "student drop", "passed": False, "detail": "drop +5.00 points", "guards": ["student"]}
+    stages["compress"] |= {
+        "gates": [*stages["compress"]["gates"], failed],
+        "files": {"teacher-int8": "t8.onnx", "student": "s.onnx"},
+        "shipped": ["teacher-int8"],
+        "champion": "teacher-int8",
+        "student": {"family": "cnn", "params_ratio": 0.24, "epochs": 25, "gain_over_scratch": 0.74},
+    }
+    row = {"version": "3", "aliases": ["champion", "int8"], "gates": "passed", "model": "teacher-int8"}
+    trained = {"name": "x-cnn", "champion": "2", "versions": stages["promote"]["versions"]}
+    stages["promote"] = {"name": "x-cnn-onnx", "champion": "3", "model": "teacher-int8", "trained": trained}
+    stages["promote"]["versions"] = [row | {"metric": 0.97, "run_id": "r"}]
+    text = write_reports(Config(), stages, tmp_path)[0].read_text()
+    assert "Champion: x-cnn-onnx version 3 (teacher-int8)." in text
+    assert "champion: teacher-int8; shipped: teacher-int8; failed: student drop — not shipped: student." in text
+    assert "| FAIL | student drop | drop +5.00 points | student |" in text
+    assert (
+        "Student: cnn at 24% of the teacher's parameters, 25 epochs; distilled − same student from scratch: +0.74"
+        in text
+    )
+    assert "Trained PyTorch model x-cnn: champion version 2." in text

@@ -1,0 +1,268 @@
+"""Processes, locks and run statuses with the real commands: ``dlforge run`` killed by its PID, two jobs on one
+output_dir, kill -9 before the first checkpoint, ``dlforge ui`` and ``dlforge tune`` stopped with SIGTERM.
+
+Every job runs in its own session (so a failing test still ends everything it started, by process group); the
+faults are sent to single PIDs, as the OOM killer, ``kill PID`` or a service manager does. MLflow in a temp sqlite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from tests.servers import free_port, wait_until_up
+
+pytestmark = [pytest.mark.slow]
+
+
+def common(tmp_path: Path, name: str, epochs: int = 400, output: str | None = None) -> list[str]:
+    """A small MLP on digits in experiment ``name``; many epochs, so a job is still training when the fault comes."""
+    return [
+        "data.source=builtin:digits",
+        "model.family=mlp",
+        "model.mlp.hidden=[32]",
+        f"trainer.max_epochs={epochs}",
+        "trainer.threads=1",
+        f"output_dir={tmp_path / (output or name)}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.experiment={name}",
+    ]
+
+
+@contextlib.contextmanager
+def dlforge(*args: str) -> Iterator[subprocess.Popen]:
+    """``dlforge ARGS`` in a new session, stdout+stderr as lines; its whole group is killed afterwards, whatever
+    happened (the test's own safety net: the faults below hit single PIDs)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def read_until(proc: subprocess.Popen, text: str) -> str:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"the job ended before printing {text!r}: {proc.wait()} {''.join(seen)[-3000:]}")
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def survivors(processes: list[psutil.Process], seconds: float) -> list[str]:
+    """Those of ``processes`` still running after ``seconds`` (zombies count as gone)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            return [f"{p.pid} {' '.join(p.cmdline())[:200]}" for p in alive if p.is_running()]
+        time.sleep(0.2)
+
+
+def runs(tmp_path: Path, experiment: str) -> dict[str, str]:
+    """Run name → status in ``experiment``."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return {r.info.run_name: r.info.status for r in client.search_runs([found.experiment_id])} if found else {}
+
+
+def run_command(tmp_path: Path, name: str) -> list[str]:
+    return ["run", "tune.enabled=false", *common(tmp_path, name)]
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_of_dlforge_run_leaves_no_training_child_and_the_next_job_closes_its_run(tmp_path):
+    with dlforge(*run_command(tmp_path, "killed")) as job:
+        read_until(job, "epoch 2/")  # the train stage's child is training
+        children = descendants(job.pid)
+        assert any("train" in p.cmdline() for p in children), [p.cmdline() for p in children]
+        os.kill(job.pid, signal.SIGKILL)  # the parent only, as the OOM killer does
+        assert job.wait(timeout=30) == -signal.SIGKILL
+        assert survivors(children, 30) == []
+    statuses = runs(tmp_path, "killed")
+    assert statuses["pipeline mlp digits"] == "RUNNING"  # killed outright: nothing could close it
+    assert "RUNNING" not in [s for name, s in statuses.items() if name.startswith("mlp")]  # the child closed its own
+
+    next_job = subprocess.run(
+        [sys.executable, "-m", "pipelines", "train", *common(tmp_path, "killed", epochs=1, output="next")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert next_job.returncode == 0, next_job.stderr[-3000:]
+    assert runs(tmp_path, "killed")["pipeline mlp digits"] == "KILLED"
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_of_ddp_rank_0_leaves_no_other_rank_running(tmp_path):
+    # A guard more than a regression test: gloo also ends a rank whose peer vanished mid-collective; the
+    # parent-death signal makes that not depend on where the rank is (data loading, checkpointing, a hang).
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    with dlforge("train", *common(tmp_path, "ddp"), *ddp) as rank0:
+        read_until(rank0, "epoch 1/")
+        ranks = descendants(rank0.pid)  # the rank Lightning re-launched (and whatever it started)
+        assert any("train" in p.cmdline() for p in ranks), [p.cmdline() for p in ranks]
+        os.kill(rank0.pid, signal.SIGKILL)
+        rank0.wait(timeout=30)
+        assert survivors(ranks, 30) == []
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_to_dlforge_run_alone_reaches_the_child_exits_143_and_closes_both_runs(tmp_path):
+    with dlforge(*run_command(tmp_path, "stopped")) as job:
+        read_until(job, "epoch 2/")
+        children = descendants(job.pid)
+        job.send_signal(signal.SIGTERM)  # `kill PID`: the parent only
+        out = job.communicate(timeout=120)[0]
+        assert job.returncode == 143, out[-3000:]
+        assert survivors(children, 5) == []  # waited for: gone before the parent exited
+    assert "SIGTERM: saved" in out  # the child got it and saved last.ckpt
+    assert set(runs(tmp_path, "stopped").values()) == {"KILLED"}
+
+
+@pytest.mark.timeout(240)
+def test_a_second_job_on_the_same_output_dir_is_refused_naming_the_holder_pid(tmp_path):
+    with dlforge(*run_command(tmp_path, "busy")) as first:
+        read_until(first, "epoch 1/")
+        before = sorted(
+            p.name for p in (tmp_path / "busy").rglob("*") if p.is_file() and p.parent.name != "checkpoints"
+        )
+        for command in (run_command(tmp_path, "busy"), ["train", *common(tmp_path, "busy")]):
+            second = subprocess.run(
+                [sys.executable, "-m", "pipelines", *command], capture_output=True, text=True, timeout=120
+            )
+            assert second.returncode == 2, second.stderr[-3000:]
+            assert second.stdout == "" and second.stderr.count("\n") == 1, second.stderr
+            assert f"pid {first.pid} " in second.stderr
+        assert first.poll() is None  # the first job goes on
+    assert (
+        sorted(p.name for p in (tmp_path / "busy").rglob("*") if p.is_file() and p.parent.name != "checkpoints")
+        == before
+    )
+    assert len(runs(tmp_path, "busy")) == 2  # the first job's pipeline and train runs; none from the refused ones
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_before_the_first_checkpoint_leaves_a_run_the_next_job_closes_as_killed(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = ["train", *common(tmp_path, "early"), "data.batch_size=4"]  # a slow first epoch
+    with dlforge(*args) as job:
+        deadline = time.monotonic() + 120
+        while not runs(tmp_path, "early") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    assert not (tmp_path / "early" / "checkpoints" / "last.ckpt").exists()
+    (orphan,) = client.search_runs([client.get_experiment_by_name("early").experiment_id])
+    assert orphan.info.status == "RUNNING"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pipelines", "train", *common(tmp_path, "early", epochs=1), "--resume", "auto"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    closed = client.get_run(orphan.info.run_id)
+    assert closed.info.status == "KILLED" and "ended without closing it" in closed.data.tags["dlforge.closed_as_orphan"]
+
+
+def listening(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(180)
+def test_dlforge_ui_stopped_with_sigterm_leaves_no_server_process_listening(tmp_path):
+    port = free_port()
+    with dlforge("ui", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "--port", str(port)) as ui:
+        wait_until_up(f"http://127.0.0.1:{port}", ui)
+        server = descendants(ui.pid)
+        assert server, "no server process started"
+        ui.send_signal(signal.SIGTERM)  # the ui's PID only, as systemd or `kill` does
+        ui.wait(timeout=60)
+        assert survivors(server, 10) == []
+        assert not listening(port)
+        assert ui.returncode == 143
+
+
+@pytest.mark.timeout(360)
+def test_sigterm_to_dlforge_tune_exits_143_and_leaves_no_run_running(tmp_path):
+    args = [
+        "tune",
+        *common(tmp_path, "sweep", epochs=200),
+        "tune.space={optim.lr: {choice: [0.001]}}",
+        "tune.num_samples=1",
+        "tune.scheduler=fifo",
+        "tune.resources_per_trial.cpu=1",
+    ]
+    with dlforge(*args) as job:
+        read_until(job, "epoch 2/")
+        job.send_signal(signal.SIGTERM)
+        out = job.communicate(timeout=120)[0]
+    assert job.returncode == 143, out[-3000:]
+    assert "stack trace" not in out.lower() and "Traceback" not in out
+    statuses = runs(tmp_path, "sweep")
+    assert len(statuses) == 2 and set(statuses.values()) == {"KILLED"}, statuses  # the sweep and its trial
+
+
+def sweep_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "tune",
+        *common(tmp_path, name, epochs=200),
+        "tune.space={optim.lr: {choice: [0.001]}}",
+        "tune.num_samples=1",
+        "tune.scheduler=fifo",
+        "tune.resources_per_trial.cpu=1",
+        *extra,
+    ]
+
+
+@pytest.mark.timeout(360)
+def test_a_trial_stopped_by_the_time_budget_leaves_no_run_running(tmp_path):
+    with dlforge(*sweep_args(tmp_path, "budget", "tune.time_budget_s=20")) as job:
+        out = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, out[-3000:]
+    statuses = runs(tmp_path, "budget")
+    assert len(statuses) == 2 and "RUNNING" not in statuses.values(), statuses
+
+
+@pytest.mark.timeout(360)
+def test_a_trial_whose_process_is_killed_leaves_no_run_running(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with dlforge(*sweep_args(tmp_path, "lost")) as job:
+        read_until(job, "epoch 2/")
+        experiment = client.get_experiment_by_name("lost").experiment_id
+        (trial,) = client.search_runs([experiment], "tags.`dlforge.kind` = 'trial'")
+        os.kill(int(trial.data.tags["dlforge.pid"]), signal.SIGKILL)  # the Ray worker running the trial
+        out = job.communicate(timeout=240)[0]
+    statuses = runs(tmp_path, "lost")
+    assert len(statuses) == 2 and "RUNNING" not in statuses.values(), (statuses, out[-3000:])
+    assert client.get_run(trial.info.run_id).info.status == "KILLED"
