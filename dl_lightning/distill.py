@@ -32,12 +32,11 @@ def distillation_loss(
     temperature: float,
 ) -> torch.Tensor:
     """The blended loss of one batch; ``student``/``teacher`` ``(B, K)`` logits or ``(B, 1)`` values."""
+    hard = label_loss(student, target, task)
     if task == "regression":
         pred = student.reshape(-1)  # (B,)
-        hard = F.mse_loss(pred, target.reshape(-1).to(pred.dtype))
         soft = F.mse_loss(pred, teacher.reshape(-1).to(pred.dtype))
         return alpha * hard + (1.0 - alpha) * soft
-    hard = F.cross_entropy(student, target.long())
     t = temperature
     # KL(p_teacher ‖ p_student) with both as log-probabilities; batchmean is the true KL per example
     soft = F.kl_div(
@@ -46,16 +45,43 @@ def distillation_loss(
     return alpha * hard + (1.0 - alpha) * (t * t) * soft
 
 
+def label_loss(student: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+    """The plain supervised loss: cross-entropy of ``(B, K)`` logits, or MSE of ``(B, 1)`` values."""
+    if task == "regression":
+        pred = student.reshape(-1)  # (B,)
+        return F.mse_loss(pred, target.reshape(-1).to(pred.dtype))
+    return F.cross_entropy(student, target.long())
+
+
 def mix_inputs(x: torch.Tensor, concentration: float) -> torch.Tensor:
     """Each example blended with another of the batch, weight ``λ ~ Beta(c, c)`` per example (mixup's inputs)."""
+    return mix_batch(x, concentration)[0]
+
+
+def mix_batch(x: torch.Tensor, concentration: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mixed, λ, partner)`` with ``mixed[i] = λ[i] · x[i] + (1 − λ[i]) · x[partner[i]]``, ``λ ~ Beta(c, c)`` (B,)."""
     lam = torch.distributions.Beta(concentration, concentration).sample((len(x),)).to(x)  # (B,)
-    lam = lam.reshape(-1, *([1] * (x.dim() - 1)))  # (B, 1, ...) broadcasts over features, steps, pixels
-    partner = x[torch.randperm(len(x), device=x.device)]
-    return lam * x + (1.0 - lam) * partner
+    partner = torch.randperm(len(x), device=x.device)  # (B,)
+    weight = lam.reshape(-1, *([1] * (x.dim() - 1)))  # (B, 1, ...) broadcasts over features, steps, pixels
+    return weight * x + (1.0 - weight) * x[partner], lam, partner
+
+
+def mixed_label_loss(out: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor, task: str):
+    """Mixup's own loss (Zhang et al. 2018) on mixed inputs: the labels blended with the inputs' weights."""
+    if task == "regression":
+        target = lam * y.to(lam) + (1.0 - lam) * y[partner].to(lam)  # (B,)
+        return F.mse_loss(out.reshape(-1), target)
+    ce = F.cross_entropy(out, y.long(), reduction="none")  # (B,)
+    ce_partner = F.cross_entropy(out, y[partner].long(), reduction="none")
+    return (lam * ce + (1.0 - lam) * ce_partner).mean()
 
 
 class DistillModule(L.LightningModule):
     """Trains ``student`` (a family LightningModule) against a frozen ``teacher`` net.
+
+    With ``teacher=None`` it is the student's from-scratch twin: the very same recipe — batches, mixed copies,
+    weights, optimizer — with labels where the teacher would speak (mixup's blended labels on the mixed copies),
+    so a distilled-versus-twin gap is the teacher's and nothing else.
 
     Validation and test delegate to the student, so metric names (``val/acc``, ``test/mse``) and the optimizer
     (the student's own ``configure_optimizers``) are exactly those of a normal fit. Lightning calls hooks on the
@@ -69,7 +95,7 @@ class DistillModule(L.LightningModule):
     def __init__(
         self,
         student: L.LightningModule,
-        teacher: nn.Module,
+        teacher: nn.Module | None,
         task: str,
         alpha: float,
         temperature: float,
@@ -84,7 +110,9 @@ class DistillModule(L.LightningModule):
         self.save_hyperparameters("task", "alpha", "temperature", "mixup")
         self.mixup = mixup
         self.student = student
-        object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))  # not a submodule, on purpose
+        if teacher is not None:
+            teacher = teacher.eval().requires_grad_(False)
+        object.__setattr__(self, "teacher", teacher)  # not a submodule, on purpose
         self.task, self.alpha, self.temperature = task, alpha, temperature
         self.train_loss = MeanMetric(nan_strategy="disable")  # per-example mean, synced across ranks when computed
         self._loss_logged = False
@@ -93,25 +121,43 @@ class DistillModule(L.LightningModule):
         return self.student(x)
 
     def on_fit_start(self) -> None:
-        self.teacher.to(self.device).eval()
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        seen = torch.cat([x, mix_inputs(x, self.mixup)]) if self.mixup > 0 and x.is_floating_point() else x  # (B', ...)
-        with torch.no_grad():
-            soft_targets = self.teacher(seen)  # (B', K)
+        mixing = self.mixup > 0 and x.is_floating_point()  # token ids do not blend
+        mixed, lam, partner = mix_batch(x, self.mixup) if mixing else (x[:0], None, None)
+        seen = torch.cat([x, mixed])  # (B', ...): the real examples, then their mixed copies
         out = self.student(seen)  # (B', K)
-        loss = distillation_loss(
-            out[: len(x)], soft_targets[: len(x)], y, task=self.task, alpha=self.alpha, temperature=self.temperature
-        )
-        if len(seen) > len(x):  # the mixed copies: the teacher's targets only, at the soft term's weight
-            loss = loss + distillation_loss(
-                out[len(x) :], soft_targets[len(x) :], y, task=self.task, alpha=0.0, temperature=self.temperature
-            ) * (1.0 - self.alpha)
+        loss = self._twin_loss(out, y, lam, partner) if self.teacher is None else self._distill_loss(out, seen, y)
         self.train_loss.update(loss.detach().expand(len(x)))  # one entry per example, as SupervisedModule._track
         if not self._loss_logged:  # the metric object, handed over once: Lightning computes it at epoch end
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
             self._loss_logged = True
+        return loss
+
+    def _distill_loss(self, out: torch.Tensor, seen: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b = len(y)
+        with torch.no_grad():
+            soft_targets = self.teacher(seen)  # (B', K)
+        loss = distillation_loss(
+            out[:b], soft_targets[:b], y, task=self.task, alpha=self.alpha, temperature=self.temperature
+        )
+        if len(seen) > b:  # the mixed copies: the teacher's targets only, at the soft term's weight
+            soft = distillation_loss(
+                out[b:], soft_targets[b:], y, task=self.task, alpha=0.0, temperature=self.temperature
+            )
+            loss = loss + soft * (1.0 - self.alpha)
+        return loss
+
+    def _twin_loss(self, out: torch.Tensor, y: torch.Tensor, lam: Any, partner: Any) -> torch.Tensor:
+        # the from-scratch twin: labels where the teacher would speak — plain loss on the real examples,
+        # mixup's blended labels on the mixed copies, each weighted as the distilled student's are
+        b = len(y)
+        loss = label_loss(out[:b], y, self.task)
+        if len(out) > b:
+            loss = loss + mixed_label_loss(out[b:], y, lam, partner, self.task) * (1.0 - self.alpha)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -137,3 +183,37 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return self.student.configure_optimizers()
+
+
+class EnsembleTeacher(nn.Module):
+    """Several frozen nets as one teacher (Hinton et al. 2015): their softened outputs averaged.
+
+    Classification: returns ``T · log(mean_k softmax(z_k / T))``, logits whose softmax at temperature ``T`` is exactly
+    the members' mean softened distribution, so :func:`distillation_loss` at that ``T`` matches the ensemble.
+    Regression: the members' mean output. The members are not registered children: never trained nor saved.
+    """
+
+    def __init__(self, members: list[nn.Module], task: str, temperature: float):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble teacher needs at least one member")
+        object.__setattr__(self, "members", [m.eval().requires_grad_(False) for m in members])
+        self.task, self.temperature = task, temperature
+
+    def to(self, *args: Any, **kwargs: Any) -> EnsembleTeacher:
+        for m in self.members:
+            m.to(*args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True) -> EnsembleTeacher:
+        for m in self.members:
+            m.train(mode)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = torch.stack([m(x) for m in self.members])  # (k, B, K)
+        if self.task == "regression":
+            return outs.mean(0)
+        t = self.temperature
+        log_p = torch.logsumexp(F.log_softmax(outs / t, dim=-1), dim=0) - torch.log(torch.tensor(float(len(outs))))
+        return t * log_p  # (B, K)

@@ -112,7 +112,7 @@ def write_summary(cfg: Config, command: str, started: float, **fields: Any) -> P
 
     Credentials in URIs and secret-looking values are redacted in ``argv`` and ``config``.
     """
-    from pipelines.tracking import redact_argv, redacted_config
+    from pipelines.tracking.store import redact_argv, redacted_config
 
     summary = {
         "command": command,
@@ -130,9 +130,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipelines import guards, tracking
-    from pipelines.preflight import check_data, check_resume_fits
-    from pipelines.train import check_resources, train
+    from pipelines import finetune, tracking
+    from pipelines.preflight import check_data
+    from pipelines.train import check_resources
+    from pipelines.train_stage import train_stage
 
     started = time.perf_counter()
     cfg = config_from(args)
@@ -143,15 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.parent_run_id is None and (unused := _unused_tune_keys(cfg)):  # a pipeline's stage config holds its sweep's
         print(f"dlforge: {', '.join(unused)} unused: dlforge train never sweeps (dlforge tune or run does)", flush=True)
     resume = _resume_path(cfg, args.resume)
-    if resume:
-        guards.check_checkpoint(resume)  # weights_only: a hostile pickle is refused before anything loads it
-        check_resume_fits(cfg, splits, resume)  # another architecture or data: one line, not a size-mismatch trace
-    continued = tracking.run_id_from_checkpoint(resume) if cfg.tracking.enabled else None
-    run = tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=args.parent_run_id)
-    with guards.sigterm_exits(), run as run_id:
-        callbacks = tracking.lightning_callbacks(cfg, run_id)
-        result = train(cfg, resume=resume, callbacks=callbacks, run_id=run_id, splits=splits)
-        logged = tracking.log_train_result(run_id, cfg, result)
+    stage = train_stage(cfg, resume=resume, parent_run_id=args.parent_run_id, splits=splits)
+    result, logged = stage.result, stage.logged
     if not result.is_global_zero:
         return 0
     paths = {"best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint}
@@ -165,10 +159,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         mlflow_run_id=result.run_id,
         tracking=tracking.summary_fields(cfg, logged),
         data=result.data_brief(),
+        init_from=result.extra.get("init_from"),
     )
     version = logged.model_version and f"{tracking.registered_model_name(cfg)} version {logged.model_version}"
     shown = {k: v for k, v in paths.items() if k not in ("plots", "review_reports")}  # lists: in summary.json
-    _print_result(result.metrics, {**shown, "registered": version}, summary)
+    lineage = finetune.summary_line(result.extra)  # where the starting weights came from, when model.init_from
+    _print_result(result.metrics, {**shown, "registered": version, "init_from": lineage}, summary)
     return 0
 
 
@@ -242,7 +238,7 @@ def _print_pipeline(cfg: Config, result: Any, summary: Path) -> None:
         print(f"  champion           {result.stages['compress']['champion']} (tracking off: not registered)")
     _print_result(result.stages["train"]["metrics"], {"report": result.report_html}, summary)
     if cfg.tracking.enabled:
-        from pipelines.tracking import redact_argv
+        from pipelines.tracking.store import redact_argv
 
         shown = redact_argv(sys.argv[2:])
         extra = " ".join(a for a in shown if a.endswith((".yaml", ".yml")) or a.startswith("tracking."))
@@ -291,7 +287,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from pipelines.tracking import serve_ui
+    from pipelines.tracking.ui import serve_ui
 
     return serve_ui(config_from(args), host=args.host, port=args.port)
 
@@ -326,7 +322,8 @@ EXIT_GATE_FAILED = 1
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from pipelines.compress import compress, print_report
+    from pipelines.compression.stage import compress
+    from pipelines.compression.tables import print_report
     from pipelines.guards import sigterm_exits
     from pipelines.run import compress_paths, exit_code
     from pipelines.train import load_data

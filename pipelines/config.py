@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from dl_lightning.errors import InputError
+from tune.settings import TuneConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAX_YAML_BYTES = 1_000_000  # a config is a few kB; the bound keeps a hostile file from costing memory or time
@@ -59,6 +60,12 @@ class DataConfig:
     max_len: int = field(default=64, metadata=_check(ge=1))  # text: tokens per example after pad/truncate
     max_vocab: int = field(default=20000, metadata=_check(ge=10))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # classification: balanced = inverse class frequency of the train split in the loss / in the train sampling
+    class_weights: Literal["none", "balanced"] = "none"
+    sampler: Literal["none", "balanced"] = "none"  # balanced: weighted draws (per rank under DDP, same mix)
+    # tables: fill empty cells with the train split's per-column statistic (saved with the model, inside ONNX);
+    # none: an empty cell is an error
+    impute: Literal["none", "mean", "median", "most_frequent"] = "none"
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,10 @@ class ModelConfig:
     rnn: RNNConfig = field(default_factory=RNNConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     gan: GANConfig = field(default_factory=GANConfig)
+    # start from earlier weights: a .ckpt path, an MLflow run id, models:/NAME@ALIAS or models:/NAME/VERSION;
+    # tensors alike in name and shape are loaded, the rest (the head when classes differ) stay fresh
+    init_from: str | None = None
+    freeze: tuple[str, ...] | None = None  # parameter-name prefixes kept fixed (until trainer.unfreeze_at_epoch)
 
     def arch(self) -> dict[str, Any]:
         """Keyword arguments of the chosen family's architecture (its own section plus dropout)."""
@@ -128,6 +139,7 @@ class OptimConfig:
     step_size: int = field(default=10, metadata=_check(ge=1))  # epochs, step scheduler
     gamma: float = field(default=0.5, metadata=_check(gt=0, le=1))  # step/exponential/plateau factor
     warmup_epochs: int = field(default=0, metadata=_check(ge=0))  # linear warmup before the schedule
+    backbone_lr_scale: float = field(default=1.0, metadata=_check(gt=0, le=10))  # lr × this for init_from weights
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,7 @@ class TrainerConfig:
     limit_train_batches: float = field(default=1.0, metadata=_check(gt=0))  # fraction (≤1) or count (>1)
     limit_val_batches: float = field(default=1.0, metadata=_check(gt=0))
     threads: int = field(default=0, metadata=_check(ge=0))  # torch intra-op threads; 0 = torch's default
+    unfreeze_at_epoch: int = field(default=0, metadata=_check(ge=0))  # model.freeze ends here; 0 = never
 
 
 @dataclass(frozen=True)
@@ -202,45 +215,6 @@ class CompressConfig:
     # the model registered as <experiment>-<family>-onnx (alias 'candidate') when tracking is on and every gate
     # passes; an INT8 choice ships the fp32 file when compress.quantization=none
     register: Literal["teacher-int8", "teacher", "student-int8", "student", "none"] = "teacher-int8"
-
-
-# Dotted config key → one distribution: {loguniform|uniform: [low, high]}, {randint: [low, high)} (high excluded,
-# as in Ray), {choice: [values]} or {grid: [values]}. Setting tune.space replaces this default as a whole.
-DEFAULT_SPACE: dict[str, Any] = {
-    "optim.lr": {"loguniform": [1e-4, 1e-2]},
-    "optim.weight_decay": {"loguniform": [1e-6, 1e-2]},
-    "optim.l1": {"choice": [0.0, 1e-6, 1e-5]},  # 0 included: L1 off is a fair candidate
-    "model.dropout": {"uniform": [0.0, 0.5]},
-    "data.batch_size": {"choice": [32, 64, 128]},
-}
-
-
-@dataclass(frozen=True)
-class TrialResourcesConfig:
-    cpu: float = field(default=1.0, metadata=_check(gt=0))  # Ray refuses a trial asking for 0 CPUs
-    gpu: float = field(default=0.0, metadata=_check(ge=0))  # fractions share a GPU between trials
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    enabled: bool = True  # `dlforge run` sweeps first unless false (or --no-sweep); tune always, train never
-    space: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPACE.items()})
-    num_samples: int = field(default=8, metadata=_check(ge=1))  # trials (search=grid: every combination once)
-    max_concurrent: int = field(default=0, metadata=_check(ge=0))  # 0 = as many as the resources allow
-    metric: str = "auto"  # auto = the checkpoint monitor (trainer.monitor)
-    mode: Literal["auto", "min", "max"] = "auto"
-    search: Literal["random", "grid", "optuna"] = "random"
-    scheduler: Literal["fifo", "asha", "hyperband", "median", "pbt"] = "asha"
-    grace_period: int = field(default=1, metadata=_check(ge=1))  # epochs before asha/median may stop a trial
-    reduction_factor: int = field(default=4, metadata=_check(ge=2))  # asha/hyperband keep the top 1/this per rung
-    perturbation_interval: int = field(default=2, metadata=_check(ge=1))  # pbt: epochs between exploits
-    time_budget_s: float = field(default=0.0, metadata=_check(ge=0))  # whole sweep; 0 = no limit
-    trial_timeout_s: float = field(default=0.0, metadata=_check(ge=0))  # one trial; 0 = no limit
-    resources_per_trial: TrialResourcesConfig = field(default_factory=TrialResourcesConfig)
-    workers_per_trial: int = field(default=1, metadata=_check(ge=1))  # >1: DDP over Ray Train workers
-    ray_address: str | None = None  # an existing cluster (else RAY_ADDRESS, else a local Ray)
-    max_failures: int = field(default=0, metadata=_check(ge=0))  # retries of a crashed trial
-    storage_path: str | None = None  # Ray results and trial checkpoints; default <output_dir>/tune
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,6 @@
-"""ONNX export, checks, parity and INT8 quantization: fp32 first, then quantize the ONNX graph (never torch.ao).
+"""ONNX export, metadata, checks, running and parity of fp32 files (quantizing them: ``compression.quantization``).
 
-The exporter is torch's default ``torch.export`` (dynamo) path; ONNX Runtime's ``quant_pre_process`` runs on its graph
-before quantization, which is what makes LSTM and Transformer graphs quantizable (see DESIGN.md). The deprecated
-TorchScript exporter is not used.
+The exporter is torch's default ``torch.export`` (dynamo) path; the deprecated TorchScript exporter is not used.
 
 Every file written here is one self-contained ``.onnx`` (no external data) that passed
 ``onnx.checker.check_model(full_check=True)``. Files read here are first checked for external data pointing outside
@@ -18,12 +16,10 @@ import logging
 import math
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -31,17 +27,9 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 from onnx.external_data_helper import _get_all_tensors
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from dl_lightning.errors import InputError
+from pipelines.version import dlforge_version
 
 if TYPE_CHECKING:  # torch is imported inside the functions that run it: predict uses this module without torch
     import torch
@@ -50,8 +38,6 @@ if TYPE_CHECKING:  # torch is imported inside the functions that run it: predict
 OPSET = 18  # the dynamo exporter's native opset; ≥ 17 as the issue asks
 META_PREFIX = "dlforge."
 INPUT_NAME = "input"
-Recipe = Literal["dynamic", "static", "none"]
-CONV_OPS = {"Conv", "ConvTranspose"}
 
 
 @dataclass(frozen=True)
@@ -117,7 +103,7 @@ def export_onnx(
     program.save(str(path), external_data=False)
     model = slim_onnx(onnx.load(str(path)))
     set_metadata(model, {**metadata, "dynamic_axes": sorted(axes.values())})
-    _save_single_file(model, path)
+    save_single_file(model, path)
     check_onnx(path)
     return path
 
@@ -151,7 +137,7 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _save_single_file(model: onnx.ModelProto, path: Path) -> None:
+def save_single_file(model: onnx.ModelProto, path: Path) -> None:
     """Atomic replace; refuses models that would need external data (≥ 2 GB)."""
     if model.ByteSize() >= 2**31 - 1:
         raise InputError(f"{path.name} would exceed 2 GB; dlforge ships single-file ONNX only")
@@ -230,13 +216,6 @@ def size_breakdown(path: str | Path) -> dict[str, int]:
 # ---------------------------------------------------------------- metadata
 
 
-def dlforge_version() -> str:
-    try:
-        return importlib_metadata.version("dlforge")
-    except importlib_metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def model_metadata(spec: dict[str, Any], *, family: str, role: str, source_run_id: str | None) -> dict[str, Any]:
     """What a consumer needs to use the file without dlforge's Python objects (values JSON-encoded on write)."""
     return {
@@ -250,6 +229,7 @@ def model_metadata(spec: dict[str, Any], *, family: str, role: str, source_run_i
         "mean": list(spec.get("mean") or ()),
         "std": list(spec.get("std") or ()),
         "vocab": list(spec.get("vocab") or ()),
+        "impute_fill": list(spec.get("fill") or ()),  # data.impute: NaN inputs take these values inside the graph
         "normalization": "inside the graph: inputs are raw, (x - mean) / std is applied by the model",
         "source_run_id": source_run_id or "",
         "dlforge_version": dlforge_version(),
@@ -382,142 +362,3 @@ def check_parity(
     if not count:
         raise ValueError("parity needs at least one batch")
     return ParityResult(max_abs_diff=worst, tolerance=atol * scale, batches=count)
-
-
-# ---------------------------------------------------------------- quantization
-
-
-def graph_has_conv(model: onnx.ModelProto) -> bool:
-    return any(node.op_type in CONV_OPS for node in _all_nodes(model.graph))
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-
-
-def choose_recipe(model: onnx.ModelProto, requested: str) -> Recipe:
-    """``auto``: static QDQ when the graph convolves, dynamic otherwise (DESIGN.md's measured recipe).
-
-    Dynamic quantization turns convolutions into ConvInteger, which made a conv net 2.6× slower than fp32 here;
-    static QDQ with calibration made it 3.9× faster. Linear, recurrent and attention layers gain most from dynamic.
-    """
-    if requested == "auto":
-        return "static" if graph_has_conv(model) else "dynamic"
-    if requested not in ("dynamic", "static", "none"):
-        raise InputError(f"compress.quantization must be auto, dynamic, static or none; got {requested!r}")
-    return requested  # type: ignore[return-value]
-
-
-class _Calibration(CalibrationDataReader):
-    def __init__(self, batches: Sequence[np.ndarray]) -> None:
-        self._batches = iter(batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
-
-
-def quantize_onnx(
-    src: str | Path,
-    dst: str | Path,
-    *,
-    recipe: Recipe,
-    per_channel: bool = False,
-    calibration: Sequence[np.ndarray] = (),
-) -> Path:
-    """INT8 copy of ``src`` at ``dst``: ``dynamic`` (weights int8, activations at run time) or ``static`` QDQ.
-
-    ``static`` needs ``calibration`` batches (from the train split). Metadata is carried over; the result is checked
-    like every export.
-    """
-    src, dst = Path(src), Path(dst)
-    if recipe == "static" and not calibration:
-        raise ValueError("static quantization needs calibration batches")
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        prepared = _prepare_for_quantization(src, Path(tmp))
-        quantized = Path(tmp) / "int8.onnx"
-        if recipe == "dynamic":
-            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8, per_channel=per_channel)
-        else:
-            quantize_static(
-                str(prepared),
-                str(quantized),
-                _Calibration(calibration),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,  # u8 activations × s8 weights: the fast x86 kernel pair
-                weight_type=QuantType.QInt8,
-                per_channel=per_channel,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
-        model = slim_onnx(onnx.load(str(quantized)))
-    set_metadata(model, {**read_metadata(src), "quantization": recipe, "per_channel": per_channel})
-    _save_single_file(model, dst)
-    check_onnx(dst)
-    return dst
-
-
-def _prepare_for_quantization(src: Path, workdir: Path) -> Path:
-    """Shape inference + constant folding that the quantizer relies on (the dynamo graphs need it).
-
-    When symbolic shape inference cannot finish, ONNX Runtime dumps ``sym_shape_infer_temp.onnx`` and its external
-    data into the *current directory* before raising; running it inside ``workdir`` keeps those files out of the
-    user's folder. The plain ONNX shape inference that remains is enough for the quantizers.
-    """
-    prepared = workdir / "prepared.onnx"
-    with _working_directory(workdir):
-        try:
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-        except Exception as exc:  # ORT raises a bare Exception here
-            if "symbolic shape inference" not in str(exc):
-                raise
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-    return prepared
-
-
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-# ---------------------------------------------------------------- latency
-
-
-def latency_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """(p50, p95) wall time of ``fn()`` in milliseconds over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
-
-
-def onnx_latency(session: ort.InferenceSession, x: np.ndarray, repeats: int) -> tuple[float, float]:
-    feed = {session.get_inputs()[0].name: x}
-    return latency_ms(lambda: session.run(None, feed), repeats)
-
-
-def torch_latency(net: nn.Module, x: np.ndarray, repeats: int) -> tuple[float, float]:
-    """Eager PyTorch on one thread (the thread count is restored afterwards)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tensor = torch.from_numpy(x)
-        net.eval()
-        with torch.inference_mode():
-            return latency_ms(lambda: net(tensor), repeats)
-    finally:
-        torch.set_num_threads(previous)

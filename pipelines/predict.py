@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dl_lightning.errors import InputError
+from dl_lightning.errors import InputError, first_line
 from pipelines import export
 from pipelines.outputs import write_text_atomic
 
@@ -180,7 +180,7 @@ def read_images(folder: Path, meta: dict[str, Any]) -> tuple[list[str], np.ndarr
                 with Image.open(file) as image:
                     pixels = np.asarray(image.convert(mode).resize((width, height), Image.Resampling.BILINEAR))
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InputError(f"cannot read image {file} ({_first_line(exc)}); replace or remove it") from None
+            raise InputError(f"cannot read image {file} ({first_line(exc)}); replace or remove it") from None
         arrays.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
     return [str(f.relative_to(folder)) for f in files], np.stack(arrays).astype(np.float32)
 
@@ -203,7 +203,8 @@ def checked(x: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
         g != e and not (i == 0 and dynamic_seq) for i, (g, e) in enumerate(zip(got, expected, strict=True))
     ):
         raise InputError(f"each example must have shape {tuple(expected)}, got {tuple(got)}")
-    if not text and not np.isfinite(x).all():
+    imputes = bool(meta.get("impute_fill"))  # trained with data.impute: the graph fills empty cells itself
+    if not text and not (~np.isinf(x) if imputes else np.isfinite(x)).all():
         raise InputError("the input holds NaN or infinite values; fill or drop those rows")
     return x
 
@@ -226,11 +227,6 @@ def check_declared_input(meta: dict[str, Any], name: str) -> None:
             f"{name} declares examples of shape {tuple(shape)} ({values:,} values), over the {MAX_EXAMPLE_VALUES:,} "
             "predict accepts; re-export the model from a dlforge checkpoint"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def prediction_frame(ids: list[str], outputs: np.ndarray, meta: dict[str, Any]) -> pd.DataFrame:

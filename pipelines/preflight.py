@@ -20,6 +20,7 @@ def check_data(cfg: Config) -> Splits:
     or malformed or the family cannot take this kind of data.
     """
     from dl_lightning.registry import build_model
+    from pipelines import finetune
     from pipelines.train import load_data, optim_settings
 
     if cfg.tracking.enabled:  # promotion searches the registry by this name: refuse one it cannot match, now
@@ -27,7 +28,8 @@ def check_data(cfg: Config) -> Splits:
 
         filter_quote(registered_model_name(cfg))
     splits = load_data(cfg)
-    build_model(cfg.model.family, splits.spec, cfg.model.arch(), optim_settings(cfg), source=cfg.data.source)
+    model = build_model(cfg.model.family, splits.spec, cfg.model.arch(), optim_settings(cfg), source=cfg.data.source)
+    finetune.check(cfg, model)  # init_from resolves and fits, freeze prefixes exist: before any run or folder
     return splits
 
 

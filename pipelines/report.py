@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from pipelines.compress import COLUMNS, table_cells, verdict
+from pipelines.compression.tables import COLUMNS, table_cells, verdict
 from pipelines.config import Config
 from pipelines.outputs import write_text_atomic
 
@@ -48,6 +48,10 @@ def _sweep_blocks(sweep: dict[str, Any]) -> list[Block]:
 def _train_blocks(train: dict[str, Any]) -> list[Block]:
     rows = [[name, _num(value)] for name, value in sorted(train["metrics"].items())]
     blocks: list[Block] = [("h2", "Final training"), ("table", (["metric", "value"], rows))]
+    if train.get("init_from"):  # model.init_from: where the starting weights came from (summary.json)
+        from pipelines.finetune import summary_line
+
+        blocks.append(("p", f"Started from {summary_line(train)}."))
     out = Path(train["config"]["output_dir"])
     images = sorted((out / "review").glob("*.png")) + sorted((out / "samples").glob("*.png"))[-1:]
     return blocks + [("img", str(p)) for p in images]

@@ -112,7 +112,8 @@ def train_stage(cfg: Config, out: Path, parent: str | None, *, resume: bool) -> 
 
 
 def compress_stage(cfg: Config, trained: dict[str, Any], out: Path, parent: str | None) -> dict[str, Any]:
-    from pipelines.compress import compress, print_report
+    from pipelines.compression.stage import compress
+    from pipelines.compression.tables import print_report
 
     teacher = trained["paths"]["best_checkpoint"] or trained["paths"]["last_checkpoint"]
     result = compress(cfg.with_overrides({"output_dir": str(out)}), teacher, parent_run_id=parent)

@@ -33,9 +33,10 @@ from pipelines.config import Config, ConfigError, all_keys, build_config, dump_y
 from pipelines.outputs import write_json_atomic, write_text_atomic
 from pipelines.preflight import check_data
 from pipelines.train import resolve_monitor, train
+from tune.settings import SweepJob
 from tune.space import Dimension, check_search, parse_space
 
-STATE_FILE = "dlforge_sweep.json"  # in the Ray experiment folder: the config and parent run of the sweep
+SWEEP_STATE_FILE = "dlforge_sweep.json"  # in the Ray experiment folder: the config and parent run of the sweep
 WATCHDOG_GRACE_S = 30.0  # past tune.trial_timeout_s: the per-batch deadline and the final report go first
 UNSWEEPABLE = ("tune.", "tracking.", "output_dir", "trainer.devices", "trainer.num_nodes", "trainer.strategy")
 
@@ -173,15 +174,15 @@ def sweep(cfg: Config, *, resume: str | None = None, parent_run_id: str | None =
     started = time.perf_counter()
     saved = _load_state(resume) if resume else None
     plan = plan_sweep(cfg)
-    settings = sweep_settings(cfg, plan, experiment=Path(resume).name if resume else None)
+    job = sweep_job(cfg, plan, experiment=Path(resume).name if resume else None)
     run_id = saved["run_id"] if saved else None
     with tracking.job_run(cfg, kind="sweep", name=_run_name(cfg), parent_run_id=parent_run_id, run_id=run_id) as run_id:
-        experiment = Path(settings.storage_path) / settings.name
+        experiment = Path(job.storage_path) / job.name
         _save_state(experiment, cfg, run_id)
-        tracking.log_artifact(run_id, experiment / STATE_FILE)
-        trial_fn = TrialFn(cfg, plan.metric, run_id, settings.storage_path)
+        tracking.log_artifact(run_id, experiment / SWEEP_STATE_FILE)
+        trial_fn = TrainingTrial(cfg, plan.metric, run_id, job.storage_path)
         try:
-            outcome = run_sweep(trial_fn, plan.space, settings, resume=str(experiment) if resume else None)
+            outcome = run_sweep(trial_fn, plan.space, job, resume=str(experiment) if resume else None)
         finally:  # Tune has returned or the driver is unwinding: no trial process is left to end its own run
             tracking.close_unfinished_children(run_id, "the sweep ended while this trial's run was open")
         _raise_input_errors(outcome)
@@ -198,31 +199,18 @@ def _raise_input_errors(outcome: Any) -> None:
         raise InputError(f"trial {trial_id}: {reason} (every trial refused its input; nothing was retried)")
 
 
-def sweep_settings(cfg: Config, plan: SweepPlan, *, experiment: str | None = None) -> Any:
-    from tune.sweep import SweepSettings
-
-    t = cfg.tune
+def sweep_job(cfg: Config, plan: SweepPlan, *, experiment: str | None = None) -> SweepJob:
+    """The sweep as Ray Tune runs it: ``cfg.tune`` as it is, plus the plan's metric, absolute folders, the epoch
+    budget, the experiment's name (``experiment``, or a new time-stamped one) and the seed."""
     output = Path(cfg.output_dir).absolute()
-    return SweepSettings(
+    storage = cfg.tune.storage_path
+    return SweepJob(
+        tune=cfg.tune,
         metric=plan.metric,
         mode=plan.mode,
-        storage_path=str(Path(t.storage_path).absolute() if t.storage_path else output / "tune"),
+        storage_path=str(Path(storage).absolute() if storage else output / "tune"),
         trials_dir=str(output / "trials"),
         max_epochs=cfg.trainer.max_epochs,
-        num_samples=t.num_samples,
-        search=t.search,
-        scheduler=t.scheduler,
-        max_concurrent=t.max_concurrent,
-        time_budget_s=t.time_budget_s,
-        trial_timeout_s=t.trial_timeout_s,
-        grace_period=t.grace_period,
-        reduction_factor=t.reduction_factor,
-        perturbation_interval=t.perturbation_interval,
-        cpu=t.resources_per_trial.cpu,
-        gpu=t.resources_per_trial.gpu,
-        workers_per_trial=t.workers_per_trial,
-        max_failures=t.max_failures,
-        ray_address=t.ray_address,
         name=experiment or time.strftime("sweep-%Y%m%d-%H%M%S"),
         seed=cfg.seed,
     )
@@ -239,7 +227,7 @@ def _run_name(cfg: Config) -> str:
 
 
 @dataclass(frozen=True)
-class TrialFn:
+class TrainingTrial:
     """The function every trial runs: one nested MLflow run around one ``train()``; picklable for Ray."""
 
     cfg: Config
@@ -547,7 +535,7 @@ def _plain_value(value: Any) -> Any:
 
 
 def _save_state(experiment: Path, cfg: Config, run_id: str | None) -> None:
-    path = experiment / STATE_FILE
+    path = experiment / SWEEP_STATE_FILE
     if not path.is_file():
         write_json_atomic(path, {"config": cfg.to_dict(), "run_id": run_id})
 
@@ -561,10 +549,10 @@ def _load_state(resume: str) -> dict[str, Any]:
     """The saved config and run of the sweep in ``resume``, once its files are known to be dlforge's own."""
     from tune.integrity import verify_experiment
 
-    path = Path(resume).absolute() / STATE_FILE
+    path = Path(resume).absolute() / SWEEP_STATE_FILE
     if not path.is_file():
         raise InputError(
-            f"{resume} is not a dlforge sweep folder (no {STATE_FILE}); pass the experiment_path of a sweep"
+            f"{resume} is not a dlforge sweep folder (no {SWEEP_STATE_FILE}); pass the experiment_path of a sweep"
         )
     verify_experiment(resume)  # the folder may be on shared storage: its pickles are code
     return json.loads(path.read_text())

@@ -17,7 +17,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from dl_lightning.data import DlforgeDataModule, Splits, load_splits
 from dl_lightning.errors import InputError
+from dl_lightning.metrics import stage_metrics
 from dl_lightning.registry import build_model, kind_for_family, monitor_for
+from pipelines import finetune
 from pipelines.checkpoints import LAST, AtomicCheckpointIO, EpochSeed, LastCheckpoint
 from pipelines.config import Config
 from pipelines.guards import fit_guards
@@ -59,6 +61,7 @@ def load_data(cfg: Config) -> Splits:
         val_fraction=d.val_fraction,
         test_fraction=d.test_fraction,
         seed=cfg.seed,
+        impute=d.impute,
     )
 
 
@@ -111,7 +114,6 @@ def train(
     *,
     resume: str | None = None,
     callbacks: Sequence[Callback] = (),
-    loggers: Sequence[Any] = (),
     run_id: str | None = None,
     test: bool = True,
     splits: Splits | None = None,
@@ -121,7 +123,6 @@ def train(
     Args:
         resume: a checkpoint to continue from (its epoch, optimizer and scheduler state are restored).
         callbacks: extra Lightning callbacks (a sweep adds its reporter here; tracking adds its own).
-        loggers: Lightning loggers (tracking passes its MLflow logger; none means no logging backend).
         run_id: the tracking run this fit belongs to, recorded in the result.
         test: test the best checkpoint after fitting (sweep trials skip it).
         splits: the config's data, when the caller already loaded it (``pipelines.preflight.check_data``).
@@ -131,15 +132,18 @@ def train(
         torch.set_num_threads(cfg.trainer.threads)
     splits = splits if splits is not None else load_data(cfg)  # the CLI loads (and checks) it before any run
     model = build_model(cfg.model.family, splits.spec, cfg.model.arch(), optim_settings(cfg))
+    extra = finetune.prepare(cfg, model, splits)  # init_from weights, class weights (before --resume's state)
     datamodule = DlforgeDataModule(
         splits,
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         augment=dataclasses.asdict(cfg.data.augment),
+        sampler=cfg.data.sampler,
+        seed=cfg.seed,
     )
-    callbacks = [*_family_callbacks(cfg), *callbacks]
+    callbacks = [*_family_callbacks(cfg), *finetune.callbacks(cfg), *callbacks]
     trainer, checkpoint, metrics = fit_module(
-        cfg, model, datamodule, splits.spec.task, callbacks=callbacks, loggers=loggers, resume=resume, test=test
+        cfg, model, datamodule, splits.spec.task, callbacks=callbacks, resume=resume, test=test
     )
     return TrainResult(
         output_dir=str(Path(cfg.output_dir).absolute()),
@@ -150,6 +154,7 @@ def train(
         run_id=run_id,
         is_global_zero=trainer.is_global_zero,
         epochs=trainer.current_epoch,
+        extra=extra,
     )
 
 
@@ -173,7 +178,6 @@ def fit_module(
     task: str,
     *,
     callbacks: Sequence[Callback] = (),
-    loggers: Sequence[Any] = (),
     resume: str | None = None,
     test: bool = True,
 ) -> tuple[L.Trainer, ModelCheckpoint, dict[str, float]]:
@@ -183,20 +187,20 @@ def fit_module(
     monitored one; both are written atomically and only from a finite state (weights and monitored metric); each
     epoch's randomness depends on ``(seed, epoch)`` only, so resuming from ``last.ckpt`` repeats the uninterrupted
     run. After a test the model holds the best checkpoint's weights. ``train`` and the compress stage's student
-    fits (``pipelines.compress``) both come through here.
+    fits (``pipelines.compression.students``) both come through here.
     """
     checkpoint = _checkpoint_callback(cfg, task)
     # Guards before tracking's callback: a SIGTERM save keeps unsent metrics.
     guards = fit_guards(checkpoint.dirpath, monitor=checkpoint.monitor)
     every_epoch = [EpochSeed(cfg.seed), LastCheckpoint(checkpoint.dirpath)]
     callbacks = [checkpoint, *every_epoch, *_stopping(cfg, task), *guards, *callbacks]
-    trainer = _make_trainer(cfg, callbacks, list(loggers))
+    trainer = _make_trainer(cfg, callbacks)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)  # never unpickle code
     metrics = _test(trainer, model, datamodule, checkpoint) if test else {}
     return trainer, checkpoint, metrics
 
 
-def _make_trainer(cfg: Config, callbacks: list[Callback], loggers: list[Any]) -> L.Trainer:
+def _make_trainer(cfg: Config, callbacks: list[Callback]) -> L.Trainer:
     t = cfg.trainer
     interactive = sys.stdout.isatty()
     return L.Trainer(
@@ -212,7 +216,7 @@ def _make_trainer(cfg: Config, callbacks: list[Callback], loggers: list[Any]) ->
         limit_val_batches=_limit(t.limit_val_batches),
         callbacks=[*callbacks, *([] if interactive else [EpochLine()])],
         plugins=[AtomicCheckpointIO()],  # a full disk or a kill mid-write leaves the previous file whole
-        logger=loggers or False,
+        logger=False,  # metrics go to the store through tracking's callback, not a Lightning logger
         default_root_dir=cfg.output_dir,
         enable_progress_bar=interactive,
         enable_model_summary=False,
@@ -264,7 +268,7 @@ class EpochLine(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        shown = stage_metrics(trainer.callback_metrics)
         values = "  ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items()))
         took = time.perf_counter() - self._start
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  ({took:.1f}s)", flush=True)

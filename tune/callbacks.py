@@ -28,7 +28,7 @@ def report_via_train() -> None:
     _REPORT_VIA_TRAIN = True
 
 
-class TuneReportCallback(Callback):
+class EpochReporter(Callback):
     """After every training epoch (validation included), report the epoch's metrics to Ray Tune.
 
     Every ``val/…`` and ``train/…`` value Lightning logged is reported under the same name it has in MLflow,
@@ -122,7 +122,7 @@ def trial_callbacks(
     return [
         ReapplyHyperparameters(optim, dropout),
         *deadline,
-        TuneReportCallback(metric, extra=extra, checkpoint=checkpoint),
+        EpochReporter(metric, extra=extra, checkpoint=checkpoint),
     ]
 
 

@@ -4,7 +4,7 @@ Each worker runs the handed-in function once; Ray Train has already set up the p
 GPU) on a free port of its choosing (so concurrent trials never clash on MASTER_PORT, Lightning #697) and exported
 ``RANK``, ``LOCAL_RANK``, ``NODE_RANK``, ``WORLD_SIZE`` and ``LOCAL_WORLD_SIZE``. With :func:`ddp_overrides` applied,
 Lightning sees an externally launched DDP job — the same path torchrun takes — reuses that process group, and
-trains with ``trainer.strategy=ddp``. Metrics go ``ray.train.report`` → ``TuneReportCallback`` → the Tune trial.
+trains with ``trainer.strategy=ddp``. Metrics go ``ray.train.report`` → Ray's ``TuneReportCallback`` → the Tune trial.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The sweep driver: a Ray Tune ``Tuner`` over a trial function it is handed (it never imports pipelines).
 
-``run_sweep(trial_fn, space, settings)`` starts or joins Ray, runs the trials with the configured search algorithm
+``run_sweep(trial_fn, space, job)`` starts or joins Ray, runs the trials with the configured search algorithm
 and scheduler, and returns one :class:`TrialRecord` per trial. The trial function receives the trial's sampled
 values (dotted config key → value) and a :class:`TrialContext` with its stable folder and the checkpoint to resume
 from, whichever way the trial (re)started: first run, retry after a crash, PBT exploit, HyperBand resume or
@@ -31,45 +31,13 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from dl_lightning.errors import InputError
 from tune.callbacks import CHECKPOINT_FILE
 from tune.integrity import guarded_files, record_digests, verify_experiment
+from tune.settings import SweepJob, TuneConfig
 from tune.space import Dimension, pbt_mutations, to_ray
 
 TRIAL_DRIVER_CPU = 0.01  # the trial process of a multi-worker trial only waits on its workers; Ray refuses 0
-STATE_FILE = "trial_state.json"
+TRIAL_STATE_FILE = "trial_state.json"  # in each trial's folder: what TrialContext.save_state kept
 STOP_GRACE_S = 30  # how long a stopped trial may take to close its MLflow run and Lightning state
 LOOPBACK = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class SweepSettings:
-    """Everything ``run_sweep`` needs besides the trial function and the space; paths must be absolute."""
-
-    metric: str
-    mode: str  # "min" | "max"
-    storage_path: str
-    trials_dir: str  # <trials_dir>/<trial_id>/ is each trial's own folder, stable across restarts
-    max_epochs: int  # the schedulers' max_t: one report per epoch
-    num_samples: int = 8
-    search: str = "random"  # random | grid | optuna
-    scheduler: str = "asha"  # fifo | asha | hyperband | median | pbt
-    max_concurrent: int = 0  # 0: as many as the resources allow
-    time_budget_s: float = 0.0
-    trial_timeout_s: float = 0.0
-    grace_period: int = 1
-    reduction_factor: int = 4  # asha/hyperband: keep the top 1/reduction_factor of the trials at each rung
-    perturbation_interval: int = 2
-    cpu: float = 1.0  # per trial, split evenly between its workers
-    gpu: float = 0.0
-    workers_per_trial: int = 1
-    max_failures: int = 0
-    ray_address: str | None = None
-    name: str = "sweep"
-    seed: int = 0
-    verbose: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("storage_path", "trials_dir"):
-            if not os.path.isabs(getattr(self, name)):
-                raise ValueError(f"{name} must be absolute (trials change directory): {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -84,12 +52,12 @@ class TrialContext:
 
     def load_state(self) -> dict[str, Any]:
         """Values saved by an earlier start of this trial (e.g. its MLflow run id); empty on the first start."""
-        path = Path(self.trial_dir) / STATE_FILE
+        path = Path(self.trial_dir) / TRIAL_STATE_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def save_state(self, **values: Any) -> None:
         """Merge ``values`` into the trial's state file (atomic: a killed trial never leaves half a file)."""
-        path = Path(self.trial_dir) / STATE_FILE
+        path = Path(self.trial_dir) / TRIAL_STATE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({**self.load_state(), **values}))
@@ -131,13 +99,13 @@ class SweepOutcome:
 def run_sweep(
     trial_fn: TrialFn,
     space: Mapping[str, Dimension],
-    settings: SweepSettings,
+    job: SweepJob,
     *,
     resume: str | None = None,
 ) -> SweepOutcome:
     """Run (or, with ``resume`` = an experiment folder, continue) a sweep and collect its trials.
 
-    Ray is joined when already initialized in this process, connected to when ``settings.ray_address`` or
+    Ray is joined when already initialized in this process, connected to when ``job.tune.ray_address`` or
     ``RAY_ADDRESS`` is set, and otherwise started locally with this machine's CPUs and no dashboard; only a Ray
     started here is shut down here.
     """
@@ -146,17 +114,17 @@ def run_sweep(
     if resume is not None and not is_experiment(resume):
         raise InputError(f"{resume} is not a sweep folder Ray can restore; pass the experiment_path of a sweep")
     _quiet_tune()
-    with ray_session(settings.ray_address) as ray_start_s:
-        concurrency = max_concurrency(settings)
+    with ray_session(job.tune.ray_address) as ray_start_s:
+        concurrency = max_concurrency(job.tune)
         clock = TrialClock()  # its clock starts now: building the Tuner counts as Tune's time
-        tuner = _restored_tuner(trial_fn, settings, resume) if resume else _new_tuner(trial_fn, space, settings, clock)
+        tuner = _restored_tuner(trial_fn, job, resume) if resume else _new_tuner(trial_fn, space, job, clock)
         grid = tuner.fit()
         tune_wall_s = time.monotonic() - clock.fit_started
-    records = [_record(result, settings) for result in grid]
+    records = [_record(result, job) for result in grid]
     records.sort(key=lambda r: r.trial_id)
     return SweepOutcome(
         trials=records,
-        best=best_trial(records, settings.mode),
+        best=best_trial(records, job.mode),
         experiment_path=str(grid.experiment_path),
         ray_start_s=ray_start_s,
         tune_wall_s=tune_wall_s,
@@ -251,7 +219,7 @@ def _loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = before
 
 
-def max_concurrency(settings: SweepSettings) -> int:
+def max_concurrency(settings: TuneConfig) -> int:
     """Trials that fit at once in the cluster's resources, capped by ``max_concurrent``.
 
     Tune does not see the resources of Ray Train workers (Train asks for them itself), so for multi-worker trials
@@ -259,25 +227,25 @@ def max_concurrency(settings: SweepSettings) -> int:
     waits forever (the worker group times out and retries without end).
     """
     total = ray.cluster_resources()
+    r = settings.resources_per_trial
     driver_cpu = TRIAL_DRIVER_CPU if settings.workers_per_trial > 1 else 0.0
-    fits = [math.floor(total.get("CPU", 0) / (settings.cpu + driver_cpu) + 1e-9)]
-    if settings.gpu > 0:
-        fits.append(math.floor(total.get("GPU", 0) / settings.gpu + 1e-9))
+    fits = [math.floor(total.get("CPU", 0) / (r.cpu + driver_cpu) + 1e-9)]
+    if r.gpu > 0:
+        fits.append(math.floor(total.get("GPU", 0) / r.gpu + 1e-9))
     fit = min(fits)
     if fit < 1:
         have = f"{total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs"
         raise InputError(
-            f"one trial needs {settings.cpu:g} CPUs and {settings.gpu:g} GPUs but Ray has {have}; "
-            "lower tune.resources_per_trial"
+            f"one trial needs {r.cpu:g} CPUs and {r.gpu:g} GPUs but Ray has {have}; lower tune.resources_per_trial"
         )
     return min(fit, settings.max_concurrent) if settings.max_concurrent else fit
 
 
-def trial_resources(settings: SweepSettings) -> dict[str, float]:
+def trial_resources(settings: TuneConfig) -> dict[str, float]:
     """What Tune reserves for the trial process itself (multi-worker trials: a sliver, workers ask for theirs)."""
     if settings.workers_per_trial > 1:
         return {"cpu": TRIAL_DRIVER_CPU}
-    return {"cpu": settings.cpu, "gpu": settings.gpu}
+    return {"cpu": settings.resources_per_trial.cpu, "gpu": settings.resources_per_trial.gpu}
 
 
 # ---------------------------------------------------------------- Tuner
@@ -295,49 +263,50 @@ def _quiet_tune() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], settings: SweepSettings, clock: Callback) -> Any:
-    concurrency = max_concurrency(settings)
+def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], job: SweepJob, clock: Callback) -> Any:
+    t = job.tune
+    concurrency = max_concurrency(t)
     tune_config = ray_tune.TuneConfig(
-        metric=settings.metric,
-        mode=settings.mode,
-        search_alg=_search_alg(settings, concurrency),
-        scheduler=_scheduler(space, settings),
-        num_samples=1 if settings.search == "grid" else settings.num_samples,
+        metric=job.metric,
+        mode=job.mode,
+        search_alg=_search_alg(job, concurrency),
+        scheduler=_scheduler(space, job),
+        num_samples=1 if t.search == "grid" else t.num_samples,
         # Ray applies this cap to a Searcher only; the basic generator carries its own (see _search_alg)
-        max_concurrent_trials=concurrency if settings.search == "optuna" else None,
-        time_budget_s=settings.time_budget_s or None,
+        max_concurrent_trials=concurrency if t.search == "optuna" else None,
+        time_budget_s=t.time_budget_s or None,
         # A fresh process per trial pays Ray's actor start and the trial's imports (torch, Lightning: 5-12 s on 2
         # cores); a reused one only a reset (~20 ms). On a cluster, though, a reused actor takes the next trial onto
         # the node that came up first while the trial's own placement on another node is dropped.
-        reuse_actors=settings.workers_per_trial == 1 and not (settings.ray_address or os.environ.get("RAY_ADDRESS")),
+        reuse_actors=t.workers_per_trial == 1 and not (t.ray_address or os.environ.get("RAY_ADDRESS")),
         trial_name_creator=_trial_name,
         trial_dirname_creator=_trial_name,
     )
     return ray_tune.Tuner(
-        _trainable(trial_fn, settings),
-        param_space=to_ray(space, settings.search),
+        _trainable(trial_fn, job),
+        param_space=to_ray(space, t.search),
         tune_config=tune_config,
-        run_config=_run_config(settings, clock),
+        run_config=_run_config(job, clock),
     )
 
 
-def _restored_tuner(trial_fn: TrialFn, settings: SweepSettings, path: str) -> Any:
+def _restored_tuner(trial_fn: TrialFn, job: SweepJob, path: str) -> Any:
     # Unfinished trials continue from their last checkpoint; errored ones get another full set of retries.
     return ray_tune.Tuner.restore(
-        os.path.abspath(path), _trainable(trial_fn, settings), resume_unfinished=True, restart_errored=True
+        os.path.abspath(path), _trainable(trial_fn, job), resume_unfinished=True, restart_errored=True
     )
 
 
-def _run_config(settings: SweepSettings, clock: Callback) -> Any:
-    stop = TrialTimeout(settings.trial_timeout_s) if settings.trial_timeout_s else None
-    progress = [ProgressLines(settings.metric, settings.max_epochs)] if settings.verbose else []
+def _run_config(job: SweepJob, clock: Callback) -> Any:
+    stop = TrialTimeout(job.tune.trial_timeout_s) if job.tune.trial_timeout_s else None
+    progress = [ProgressLines(job.metric, job.max_epochs)] if job.verbose else []
     return ray_tune.RunConfig(
-        name=settings.name,
-        storage_path=settings.storage_path,
-        failure_config=ray_tune.FailureConfig(max_failures=settings.max_failures),
+        name=job.name,
+        storage_path=job.storage_path,
+        failure_config=ray_tune.FailureConfig(max_failures=job.tune.max_failures),
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),  # PBT clones the donor's latest
         stop=stop,
-        callbacks=[clock, *progress, DigestRecorder(str(Path(settings.storage_path) / settings.name))],
+        callbacks=[clock, *progress, DigestRecorder(str(Path(job.storage_path) / job.name))],
         verbose=0,
     )
 
@@ -346,20 +315,20 @@ def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _search_alg(settings: SweepSettings, concurrency: int) -> Any:
-    if settings.search == "optuna":
+def _search_alg(job: SweepJob, concurrency: int) -> Any:
+    if job.tune.search == "optuna":
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(sampler=TPESampler(seed=settings.seed))
-    return BasicVariantGenerator(max_concurrent=concurrency, random_state=settings.seed)
+        return OptunaSearch(sampler=TPESampler(seed=job.seed))
+    return BasicVariantGenerator(max_concurrent=concurrency, random_state=job.seed)
 
 
-def _scheduler(space: Mapping[str, Dimension], settings: SweepSettings) -> Any:
-    common = {"time_attr": "training_iteration"}
+def _scheduler(space: Mapping[str, Dimension], job: SweepJob) -> Any:
+    t, common = job.tune, {"time_attr": "training_iteration"}
     # max_t is the whole epoch budget: a trial that passes every rung trains as long as the final fit would
-    max_t, factor = settings.max_epochs, settings.reduction_factor
-    grace = min(settings.grace_period, max_t)
+    max_t, factor = job.max_epochs, t.reduction_factor
+    grace = min(t.grace_period, max_t)
     return {
         "fifo": lambda: schedulers.FIFOScheduler(),
         "asha": lambda: schedulers.ASHAScheduler(**common, max_t=max_t, grace_period=grace, reduction_factor=factor),
@@ -367,17 +336,17 @@ def _scheduler(space: Mapping[str, Dimension], settings: SweepSettings) -> Any:
         "median": lambda: schedulers.MedianStoppingRule(**common, grace_period=grace, min_samples_required=2),
         "pbt": lambda: schedulers.PopulationBasedTraining(
             **common,
-            perturbation_interval=settings.perturbation_interval,
+            perturbation_interval=t.perturbation_interval,
             hyperparam_mutations=pbt_mutations(space),
             # synchronous: every trial reaches the interval before the bottom ones clone the top ones, so
             # exploits happen on a small sweep too (async PBT skips them while a trial's actor is still starting)
             synch=True,
         ),
-    }[settings.scheduler]()
+    }[t.scheduler]()
 
 
-def _trainable(trial_fn: TrialFn, settings: SweepSettings) -> Any:
-    trials_dir, workers = settings.trials_dir, settings.workers_per_trial
+def _trainable(trial_fn: TrialFn, job: SweepJob) -> Any:
+    trials_dir, workers = job.trials_dir, job.tune.workers_per_trial
 
     def trainable(config: dict[str, Any]) -> None:
         trial_id = ray_tune.get_context().get_trial_id()
@@ -387,7 +356,7 @@ def _trainable(trial_fn: TrialFn, settings: SweepSettings) -> Any:
             node = ray.get_runtime_context().get_node_id()
             trial_fn(dict(config), TrialContext(trial_id, str(Path(trials_dir) / trial_id), path, workers, node))
 
-    return ray_tune.with_resources(_graceful(trainable), trial_resources(settings))
+    return ray_tune.with_resources(_graceful(trainable), trial_resources(job.tune))
 
 
 def _graceful(trainable: Callable[[dict[str, Any]], None]) -> type:
@@ -415,22 +384,22 @@ def _graceful(trainable: Callable[[dict[str, Any]], None]) -> type:
     return GracefulTrainable
 
 
-def _record(result: Any, settings: SweepSettings) -> TrialRecord:
+def _record(result: Any, job: SweepJob) -> TrialRecord:
     metrics = dict(result.metrics or {})
     history = _history(result)
-    values = [row[settings.metric] for row in history if _is_number(row.get(settings.metric))]
+    values = [row[job.metric] for row in history if _is_number(row.get(job.metric))]
     epochs = int(metrics.get("training_iteration", 0) or 0)
     if result.error is not None:
         status = "error"
     elif not metrics:
         status = "not run"
     else:
-        status = "finished" if epochs >= settings.max_epochs else "stopped"
-    pick = max if settings.mode == "max" else min
+        status = "finished" if epochs >= job.max_epochs else "stopped"
+    pick = max if job.mode == "max" else min
     trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
-    state = TrialContext(trial_id, str(Path(settings.trials_dir) / trial_id), None).load_state()
+    state = TrialContext(trial_id, str(Path(job.trials_dir) / trial_id), None).load_state()
     if status == "not run" and state.get("timed_out"):
-        status = "stopped"  # hung before its first report; its watchdog ended it (see pipelines.sweep.TrialFn)
+        status = "stopped"  # hung before its first report; the trial function's watchdog ended it
     return TrialRecord(
         trial_id=trial_id,
         params=dict(result.config or {}),

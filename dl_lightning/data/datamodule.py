@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from dl_lightning.data.augment import ImageAugment
+from dl_lightning.data.balance import BalancedSampler
 from dl_lightning.data.splits import Splits
 from dl_lightning.errors import InputError
 
@@ -22,8 +23,19 @@ class DlforgeDataModule(L.LightningDataModule):
     test split's ``x`` as 1-tuples ``(x,)``.
     """
 
-    def __init__(self, splits: Splits, batch_size: int = 64, num_workers: int = 0, augment: dict | None = None) -> None:
+    def __init__(
+        self,
+        splits: Splits,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        augment: dict | None = None,
+        sampler: str = "none",
+        seed: int = 0,
+    ) -> None:
         super().__init__()
+        if sampler == "balanced" and splits.spec.task != "classification":
+            raise InputError("data.sampler=balanced balances classes; this data is regression — set data.sampler=none")
+        self.sampler, self.seed = sampler, seed  # balanced: weighted draws of the train split (BalancedSampler)
         self.splits = splits
         self.spec = splits.spec
         self.batch_size = batch_size
@@ -38,6 +50,10 @@ class DlforgeDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # A lone last example breaks BatchNorm in training mode ("Expected more than 1 value per channel").
         drop_last = len(self._datasets["train"]) % self.batch_size == 1 and len(self._datasets["train"]) > 1
+        if self.sampler == "balanced":
+            y, k = self.splits.train[1], self.spec.num_outputs
+            sampler = BalancedSampler(self._datasets["train"], y, k, seed=self.seed)
+            return self._loader(self._datasets["train"], drop_last=drop_last, sampler=sampler)
         return self._loader(self._datasets["train"], shuffle=True, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
@@ -56,11 +72,14 @@ class DlforgeDataModule(L.LightningDataModule):
         x, y = batch
         return self.augment(x), y
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: TensorDataset, shuffle: bool = False, drop_last: bool = False, sampler: Any = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,  # DataLoader refuses persistent workers without workers

@@ -57,9 +57,16 @@ _KIND_BY_NDIM: dict[int, Kind] = {2: "tabular", 3: "sequence", 4: "image"}
 
 
 def read_source(
-    source: str, *, target: str | None, text_column: str | None, kind: Kind | None, image_size: ImageSize
+    source: str,
+    *,
+    target: str | None,
+    text_column: str | None,
+    kind: Kind | None,
+    image_size: ImageSize,
+    allow_missing: bool = False,
 ) -> RawData:
-    """Reads ``source`` and shapes ``x`` for ``kind`` (inferred from the source when None)."""
+    """Reads ``source`` and shapes ``x`` for ``kind`` (inferred from the source when None); ``allow_missing``
+    keeps empty cells of a CSV/Parquet table as NaN."""
     if source.startswith("builtin:"):
         raw = load_builtin(source.removeprefix("builtin:"))
     else:
@@ -67,7 +74,7 @@ def read_source(
         if path.is_dir():
             raw = read_image_folder(path, image_size)
         elif path.suffix.lower() in TABLE_SUFFIXES:
-            raw = read_table(path, target=target, text_column=text_column, kind=kind)
+            raw = read_table(path, target=target, text_column=text_column, kind=kind, allow_missing=allow_missing)
         else:
             raw = read_npz(path)
     return shape_for_kind(raw, kind)

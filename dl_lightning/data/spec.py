@@ -29,6 +29,7 @@ class DataSpec:
     std: tuple[float, ...] = ()
     vocab: tuple[str, ...] = ()  # text: index → token; 0 is padding, 1 is unknown
     fingerprint: str = ""  # sha256 of the loaded arrays, a tag for the tracking run
+    fill: tuple[float, ...] = ()  # data.impute: per-feature value replacing NaN (train split), applied in the net
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, str, int, float): safe for ``torch.load(weights_only=True)``."""

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from dl_lightning.data.images import ImageSize
+from dl_lightning.data.impute import STRATEGIES, apply_fill, fit_fill
 from dl_lightning.data.loaders import read_source
 from dl_lightning.data.raw import RawData
 from dl_lightning.data.spec import DataSpec, Kind, Task
@@ -54,6 +55,7 @@ def load_splits(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 42,
+    impute: str = "none",
 ) -> Splits:
     """Loads ``source`` (``builtin:NAME``, .csv, .parquet, .npz or an image folder) and splits it.
 
@@ -61,10 +63,18 @@ def load_splits(
     class has enough members; ``spec.mean``/``spec.std`` and ``spec.vocab`` come from the train split only;
     ``spec.fingerprint`` is the sha256 of the loaded arrays before splitting. Bad input raises InputError.
     Image folders are resized to ``image_size`` square, or keep their own size with ``"auto"``
-    (see :func:`~dl_lightning.data.images.read_image_folder`).
+    (see :func:`~dl_lightning.data.images.read_image_folder`). With ``impute`` (mean, median, most_frequent) a
+    table's empty cells stay NaN in the splits and ``spec.fill`` holds the train split's per-feature fill values,
+    which the net applies (and the normalization is fitted after filling).
     """
     _check_arguments(kind, task, val_fraction, test_fraction, max_len, max_vocab)
-    raw = read_source(source, target=target, text_column=text_column, kind=kind, image_size=image_size)
+    if impute != "none" and impute not in STRATEGIES:
+        raise InputError(f"unknown impute strategy '{impute}'; valid ones are: none, {', '.join(STRATEGIES)}")
+    raw = read_source(
+        source, target=target, text_column=text_column, kind=kind, image_size=image_size, allow_missing=impute != "none"
+    )
+    if impute != "none" and raw.kind != "tabular":
+        raise InputError(f"data.impute fills missing cells of tables; this data is {raw.kind} — set data.impute=none")
     fingerprint = fingerprint_arrays(raw.x, raw.y, raw.x_test, raw.y_test)
     task_ = resolve_task(raw, task)
     y, y_test, class_names = encode_targets(raw, task_)
@@ -73,7 +83,8 @@ def load_splits(
     if raw.kind == "text":
         vocab = build_vocab(train[0], max_vocab)  # from train only: val/test words the model never saw stay <unk>
         train, val, test = ((encode(x, vocab, max_len), y) for x, y in (train, val, test))
-    mean, std = fit_normalization(train[0], raw.kind)
+    fill = fit_fill(train[0], impute) if impute != "none" else ()
+    mean, std = fit_normalization(apply_fill(train[0], fill) if fill else train[0], raw.kind)
     spec = DataSpec(
         kind=raw.kind,
         task=task_,
@@ -84,6 +95,7 @@ def load_splits(
         std=std,
         vocab=vocab,
         fingerprint=fingerprint,
+        fill=fill,
     )
     return Splits(train, val, test, spec)
 

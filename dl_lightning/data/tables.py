@@ -17,11 +17,14 @@ DEFAULT_TARGETS = ("target", "label")
 MIN_TEXT_WORDS = 3.0
 
 
-def read_table(path: Path, *, target: str | None, text_column: str | None, kind: Kind | None) -> RawData:
+def read_table(
+    path: Path, *, target: str | None, text_column: str | None, kind: Kind | None, allow_missing: bool = False
+) -> RawData:
     """Tabular ``x`` (float32, one column per feature) or text ``x`` (one string per row), with raw ``y``.
 
     Text is chosen when ``kind="text"``, when ``text_column`` is set, or when exactly one non-numeric feature
-    column holds free text; otherwise every feature column must be numeric and finite.
+    column holds free text; otherwise every feature column must be numeric and finite (empty cells are kept as NaN
+    when ``allow_missing``: ``data.impute`` fills them).
     """
     frame = read_frame(path)
     target = pick_target(frame, target, path.name)
@@ -36,7 +39,7 @@ def read_table(path: Path, *, target: str | None, text_column: str | None, kind:
         # A missing text is an empty document, not an error: it encodes to all padding.
         texts = features[column].fillna("").astype(str).to_numpy(dtype=object)
         return RawData(texts, y, "text", path.name)
-    return RawData(numeric_features(features, path.name), y, "tabular", path.name)
+    return RawData(numeric_features(features, path.name, allow_missing), y, "tabular", path.name)
 
 
 def table_kind(path: Path, *, target: str | None = None, text_column: str | None = None) -> Kind:
@@ -90,8 +93,9 @@ def target_values(column: pd.Series, target: str, name: str) -> np.ndarray:
     return column.astype(str).to_numpy(dtype=object)
 
 
-def numeric_features(features: pd.DataFrame, name: str) -> np.ndarray:
-    """``(N, F)`` float32; names the first non-numeric column, or the first column holding NaN/Inf."""
+def numeric_features(features: pd.DataFrame, name: str, allow_missing: bool = False) -> np.ndarray:
+    """``(N, F)`` float32; names the first non-numeric column, or the first column holding NaN/Inf (NaN passes
+    with ``allow_missing``; Inf never does)."""
     for column in features.columns:
         if not pd.api.types.is_numeric_dtype(features[column]):
             example = _first_non_number(features[column])
@@ -101,14 +105,14 @@ def numeric_features(features: pd.DataFrame, name: str) -> np.ndarray:
             )
     values = features.to_numpy(dtype=np.float64, na_value=np.nan)
     check_float32_range(values, "the feature columns", name)  # 1e308 would train as Inf, blamed on optim.lr
-    bad = np.count_nonzero(~np.isfinite(values), axis=0)  # (F,)
+    bad = np.count_nonzero(np.isinf(values) if allow_missing else ~np.isfinite(values), axis=0)  # (F,)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         others = int(np.count_nonzero(bad)) - 1
         more = f" (and {others} more columns)" if others else ""
         raise InputError(
             f"feature column '{features.columns[first]}' in {name} has {bad[first]} NaN/Inf values{more} "
-            "— fill or drop those rows"
+            "— fill or drop those rows" + ("" if allow_missing else ", or set data.impute=median for empty cells")
         )
     return values.astype(np.float32)
 

@@ -25,6 +25,7 @@ from dl_lightning.modules.optim import (
     build_optimizer,
     build_scheduler,
     l1_penalty,
+    param_groups,
     rescale_lr,
     resolve_optim,
     set_dropout,
@@ -50,6 +51,8 @@ class FamilyModule(L.LightningModule):
 
     family: ClassVar[str]
     accepts: ClassVar[frozenset[str]]
+    # names of parameters loaded from an earlier model (model.init_from): optim.backbone_lr_scale applies to them
+    backbone_names: frozenset[str] = frozenset()
 
     def init_family(self, data: dict, optim: dict | None) -> None:
         if data["kind"] not in self.accepts:
@@ -127,6 +130,13 @@ class SupervisedModule(FamilyModule):
         # in the mean (the default would drop it with a warning and hide a diverged validation).
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in STAGES)
         self._logged: set[str] = set()  # stages whose metric objects are registered with Lightning this epoch
+        # data.class_weights=balanced: derived from the train split at build time; not persistent, so checkpoints
+        # keep their tensors and a resumed fit recomputes the same weights from the same split
+        self.register_buffer("class_weight", None, persistent=False)
+
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Weight of each class in the training cross-entropy (``None``: all 1); val/test losses stay unweighted."""
+        self.class_weight = None if weights is None else weights.detach().float().to(self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, num_outputs): logits or regression values
@@ -165,7 +175,7 @@ class SupervisedModule(FamilyModule):
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         if self.classification:
             y = y.long()
-            loss = F.cross_entropy(out, y)
+            loss = F.cross_entropy(out, y, weight=self.class_weight if stage == "train" else None)
             inputs = ((out.argmax(dim=1) == y).float(),) if stage == "train" else (out.softmax(dim=1), y)
         else:
             pred, y = out.reshape(-1), y.reshape(-1).to(out.dtype)  # (B,) each; targets may arrive as (B, 1)
@@ -192,7 +202,7 @@ class SupervisedModule(FamilyModule):
         self._logged.add(stage)
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.parameters(), self.optim_cfg)
+        optimizer = build_optimizer(param_groups(self, self.backbone_names, self.optim_cfg), self.optim_cfg)
         scheduler = build_scheduler(optimizer, self.optim_cfg)
         if scheduler is None:
             return optimizer
@@ -229,6 +239,7 @@ def classification_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(
         {
             "acc": MulticlassAccuracy(k, average="micro"),
+            "balanced_acc": MulticlassAccuracy(k, average="macro"),  # mean per-class recall: fair under imbalance
             "precision": MulticlassPrecision(k, average="macro"),
             "recall": MulticlassRecall(k, average="macro"),
             "f1": MulticlassF1Score(k, average="macro"),

@@ -23,6 +23,7 @@ DEFAULT_OPTIM: dict[str, Any] = {
     "step_size": 10,
     "gamma": 0.5,
     "warmup_epochs": 0,
+    "backbone_lr_scale": 1.0,
     "max_epochs": 10,
 }
 
@@ -49,6 +50,22 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: dict[str, Any]) -> torc
     if name not in classes:
         raise InputError(f"optim.name={name} is unknown; use one of sgd, adam, adamw, rmsprop, adagrad")
     return classes[name](params, lr=lr, weight_decay=wd)
+
+
+def param_groups(module: nn.Module, backbone: frozenset[str], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """``module``'s parameters as optimizer groups: one group, or — with ``backbone`` names (weights loaded from an
+    earlier model) and ``backbone_lr_scale`` ≠ 1 — the head at ``lr`` and the backbone at ``lr × scale``.
+
+    The split depends only on the names and the config, so a resumed fit rebuilds the same groups.
+    """
+    named = list(module.named_parameters())
+    scale = cfg.get("backbone_lr_scale", 1.0)
+    if scale == 1.0 or not backbone:
+        return [{"params": [p for _, p in named]}]
+    head = [p for name, p in named if name not in backbone]
+    body = [p for name, p in named if name in backbone]
+    groups = [{"params": body, "lr": cfg["lr"] * scale, "name": "backbone"}]
+    return groups + ([{"params": head, "lr": cfg["lr"], "name": "head"}] if head else [])
 
 
 class WarmupReduceLROnPlateau(lr_scheduler.ReduceLROnPlateau):

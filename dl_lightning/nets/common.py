@@ -35,7 +35,12 @@ def standardizer(data: dict) -> nn.Module:
     if data["kind"] == "text" or not data.get("mean"):
         return nn.Identity()
     channel_dims = 2 if data["kind"] == "image" else 0
-    return Standardize(list(data["mean"]), list(data["std"]), channel_dims)
+    standardize = Standardize(list(data["mean"]), list(data["std"]), channel_dims)
+    if data.get("fill"):  # data.impute: empty cells take the train split's fill value first, in the graph too
+        from dl_lightning.data.impute import Impute
+
+        return nn.Sequential(Impute(list(data["fill"])), standardize)
+    return standardize
 
 
 def vocab_size(data: dict) -> int:

@@ -9,7 +9,10 @@ from typing import Any
 from dl_lightning.errors import InputError
 from pipelines.outputs import check_writable
 
-NAMES = ("loop", "tracking", "ddp", "sweeps", "compression", "distill", "input", "main_job", "quality")
+NAMES = (
+    *("loop", "tracking", "ddp", "sweeps", "compression", "distill", "input", "main_job", "quality"),
+    *("transfer", "imbalance"),
+)
 BENCH_HELP = "run the benchmarks (side-by-side ratios, median of repeats) and write <out>.json and <out>.md"
 BENCH_FLAGS: dict[str, dict[str, Any]] = {
     "--only": {"nargs": "+", "choices": NAMES, "metavar": "NAME", "help": f"run only these: {', '.join(NAMES)}"},
@@ -35,7 +38,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = run_benchmarks(list(args.only or NAMES), ctx, args.out)
     finally:
         shutil.rmtree(ctx.workdir, ignore_errors=True)  # checkpoints, ONNX files, sweeps: scratch only
-    for bench in report["benchmarks"]:
+    for bench in (b for b in report["benchmarks"] if not b.get("earlier")):  # this run's rows only
         for row in bench["rows"]:
             if row["met"] is not None:
                 print(f"  {'met   ' if row['met'] else 'MISSED'} {row['measure']}: {row['value']:.3g} {row['unit']}")

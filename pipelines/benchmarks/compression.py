@@ -1,11 +1,11 @@
 """Compression per family: size, latency and accuracy of ONNX fp32, INT8 and the distilled student.
 
-For each family a teacher is trained (``train``), then ``pipelines.compress.compress`` distills, exports, quantizes and
-writes its report; sizes and accuracies come from that report (``compress_report.json``), and each INT8 file's bytes
-are split into int8 tensors, what stays fp32 or int32, and the graph (``export.size_breakdown``). Latencies
-are measured again here, interleaved across the variants repeat by repeat (the report's own are taken one variant
-after another), with the export module's timers: one thread, batch 1 and 64, median of per-repeat p50 ratios
-against the teacher in eager PyTorch fp32.
+For each family a teacher is trained (``train``), then ``pipelines.compression.stage.compress`` distills, exports,
+quantizes and writes its report; sizes and accuracies come from that report (``compress_report.json``), and each INT8
+file's bytes are split into int8 tensors, what stays fp32 or int32, and the graph (``export.size_breakdown``).
+Latencies are measured again here, interleaved across the variants repeat by repeat (the report's own are taken one
+variant after another), with the compress stage's timers (``compression.measure``): one thread, batch 1 and 64,
+median of per-repeat p50 ratios against the teacher in eager PyTorch fp32.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def family_config(ctx: BenchContext, family: str, epochs: dict[str, int]) -> Con
 
 def compress_family(ctx: BenchContext, family: str, epochs: dict[str, int]) -> dict[str, Any]:
     from pipelines import export
-    from pipelines.compress import compress
+    from pipelines.compression.stage import compress
     from pipelines.train import load_data, train
 
     cfg = family_config(ctx, family, epochs)
@@ -74,6 +74,7 @@ def latencies(ctx: BenchContext, job: dict[str, Any]) -> dict[str, list[dict[str
     """Per repeat, the p50 ms of every variant at batch 1 and 64, variants interleaved."""
     from dl_lightning.registry import load_model
     from pipelines import export
+    from pipelines.compression.measure import onnx_latency, torch_latency
     from pipelines.train import load_data
 
     net = load_model(job["checkpoint"]).export_net()[0]
@@ -83,10 +84,10 @@ def latencies(ctx: BenchContext, job: dict[str, Any]) -> dict[str, list[dict[str
     calls = 10 if ctx.quick else 30
 
     def torch_p50() -> dict[str, float]:
-        return {f"b{b}": export.torch_latency(net, x, calls)[0] for b, x in batches.items()}
+        return {f"b{b}": torch_latency(net, x, calls)[0] for b, x in batches.items()}
 
     def onnx_p50(session) -> dict[str, float]:
-        return {f"b{b}": export.onnx_latency(session, x, calls)[0] for b, x in batches.items()}
+        return {f"b{b}": onnx_latency(session, x, calls)[0] for b, x in batches.items()}
 
     variants = {"pytorch": torch_p50} | {role: (lambda s=s: onnx_p50(s)) for role, s in sessions.items()}
     return interleave(variants, ctx.repeats)

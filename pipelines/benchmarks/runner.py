@@ -24,6 +24,8 @@ BENCHMARKS = {
     "input": "pipelines.benchmarks.input",
     "main_job": "pipelines.benchmarks.main_job",
     "quality": "pipelines.benchmarks.quality",
+    "transfer": "pipelines.benchmarks.transfer",
+    "imbalance": "pipelines.benchmarks.imbalance",
 }
 
 

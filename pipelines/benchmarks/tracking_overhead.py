@@ -3,7 +3,7 @@
 Two jobs, each run with tracking on and off, interleaved:
 
 - a toy job (5 epochs, 1 thread) in this process, running ``cmd_train``'s own sequence — ``tracking.job_run`` →
-  ``train`` with the tracking callbacks → ``tracking.log_train_result`` — with timestamps between the phases, so run
+  ``train`` with the tracking callbacks → ``train_stage.log_train_result`` — with timestamps between the phases, so run
   start, steady epochs and the end-of-job logging are each measured. A warm-up job (not counted) imports MLflow
   and creates the sqlite schema first, so these are the costs of a warm process;
 - the job a user runs: ``dlforge train configs/digits_cnn.yaml`` (the main job's final fit: 25 epochs, its own
@@ -41,6 +41,7 @@ def job(cfg: Config) -> dict[str, float]:
     """``cmd_train``'s body with timestamps between its phases."""
     from pipelines import tracking
     from pipelines.train import train
+    from pipelines.train_stage import log_train_result
 
     t0 = time.perf_counter()
     with quiet(), tracking.job_run(cfg, kind="train") as run_id:
@@ -48,7 +49,7 @@ def job(cfg: Config) -> dict[str, float]:
         timer = EpochTimer()
         result = train(cfg, callbacks=[*tracking.lightning_callbacks(cfg, run_id), timer], run_id=run_id)
         t2 = time.perf_counter()
-        tracking.log_train_result(run_id, cfg, result)
+        log_train_result(run_id, cfg, result)
         t3 = time.perf_counter()
     t4 = time.perf_counter()
     full, _ = epoch_times(timer.starts, timer.train_ends, timer.end)

@@ -5,6 +5,7 @@ One local Ray (2 CPUs, ~6 s to start) serves the whole module; sweeps join it an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -192,26 +193,29 @@ def crash_once(params: dict, ctx) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_crashing_trial_is_retried(ray_address, tmp_path):
+    from tune.settings import SweepJob, TrialResourcesConfig, TuneConfig
     from tune.space import parse_space
-    from tune.sweep import SweepSettings, run_sweep
+    from tune.sweep import run_sweep
 
     space = parse_space({"x": {"choice": [0.5]}}, ["x"])
-    settings = SweepSettings(
+    settings = TuneConfig(
+        num_samples=1, scheduler="fifo", max_failures=1, resources_per_trial=TrialResourcesConfig(cpu=0.5)
+    )
+    job = SweepJob(
+        settings,
         metric="val/acc",
         mode="max",
         storage_path=str(tmp_path / "tune"),
         trials_dir=str(tmp_path / "trials"),
         max_epochs=1,
-        num_samples=1,
-        scheduler="fifo",
-        max_failures=1,
-        cpu=0.5,
         verbose=False,
     )
-    outcome = run_sweep(crash_once, space, settings)
+    outcome = run_sweep(crash_once, space, job)
     (trial,) = outcome.trials
     assert (trial.status, trial.best, trial.state["attempts"]) == ("finished", 0.5, 2)
 
-    no_retry = SweepSettings(**{**settings.__dict__, "max_failures": 0, "trials_dir": str(tmp_path / "t2")})
+    no_retry = dataclasses.replace(
+        job, tune=dataclasses.replace(settings, max_failures=0), trials_dir=str(tmp_path / "t2")
+    )
     (failed,) = run_sweep(crash_once, space, no_retry).trials
     assert failed.status == "error" and "injected crash" in failed.error

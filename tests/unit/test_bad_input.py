@@ -108,10 +108,11 @@ def test_credentials_in_tracking_uri_are_redacted_in_summary(capsys, tmp_path):
 def test_credentials_turn_off_mlflows_view_run_lines(monkeypatch):
     from pipelines import tracking
     from pipelines.config import load_config
+    from pipelines.tracking import store
 
     monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
-    monkeypatch.setattr(tracking, "_reachable_uri", lambda cfg: "http://alice:s3cretPW@127.0.0.1:9")
-    monkeypatch.setattr(tracking, "_experiment_id", lambda *args: "0")
+    monkeypatch.setattr(store, "_reachable_uri", lambda cfg: "http://alice:s3cretPW@127.0.0.1:9")
+    monkeypatch.setattr(store, "_experiment_id", lambda *args: "0")
     tracking.connect(load_config(None, ["tracking.uri=http://alice:s3cretPW@127.0.0.1:9"]))
     import os
 
@@ -270,12 +271,12 @@ def test_single_class_image_folder_says_so(refused, tmp_path):
 def test_sigterm_to_compress_does_not_advise_a_resume_it_lacks(capsys, tmp_path, monkeypatch):
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    import pipelines.compress
+    import pipelines.compression.stage
 
     def killed(*args, **kwargs):
         raise SIGTERMException()
 
-    monkeypatch.setattr(pipelines.compress, "compress", killed)
+    monkeypatch.setattr(pipelines.compression.stage, "compress", killed)
     args = ["data.source=builtin:iris", f"output_dir={tmp_path}", "tracking.enabled=false", "--teacher", "t.ckpt"]
     assert main(["compress", *args]) == 143
     line = one_line(capsys.readouterr().err)
@@ -303,12 +304,12 @@ def test_experiment_names_with_a_quote_are_searchable(store):
 def test_input_error_in_a_trial_is_recorded_not_raised_so_ray_never_retries(tmp_path):
     from dl_lightning.errors import InputError
     from pipelines.config import load_config
-    from pipelines.sweep import TrialFn, _raise_input_errors
+    from pipelines.sweep import TrainingTrial, _raise_input_errors
     from tune.sweep import SweepOutcome, TrialContext, TrialRecord
 
     cfg = load_config(None, ["data.source=builtin:wine", "model.family=gan", "tracking.enabled=false", *TINY])
     ctx = TrialContext("t1", str(tmp_path / "t1"), None)
-    TrialFn(cfg, "val/acc", None, str(tmp_path))({}, ctx)  # returns: Ray sees a trial that ended, not a failure
+    TrainingTrial(cfg, "val/acc", None, str(tmp_path))({}, ctx)  # returns: Ray sees a trial that ended, not a failure
     reason = ctx.load_state()["input_error"]
     assert "gan" in reason
     record = TrialRecord("t1", {}, "not run", 0, None, None, 0.0, state=ctx.load_state())
@@ -396,6 +397,6 @@ def test_a_trial_hung_before_its_first_batch_is_ended_by_its_watchdog(tmp_path, 
     cfg = load_config(None, ["data.source=builtin:iris", "tracking.enabled=false", "tune.trial_timeout_s=1"])
     ctx = TrialContext("t1", str(tmp_path / "t1"), None)
     started = time.perf_counter()
-    pipelines.sweep.TrialFn(cfg, "val/acc", None, str(tmp_path))({}, ctx)  # returns: Ray sees no failure to retry
+    pipelines.sweep.TrainingTrial(cfg, "val/acc", None, str(tmp_path))({}, ctx)  # returns: Ray sees no failure to retry
     assert time.perf_counter() - started < 15
     assert "timed_out" in ctx.load_state()

@@ -21,7 +21,11 @@ from dl_lightning.data.spec import DataSpec
 from dl_lightning.distill import DistillModule, distillation_loss
 from dl_lightning.errors import InputError
 from dl_lightning.registry import build_model
-from pipelines import compress as comp
+from pipelines.compression import measure, publish, stage, students, tables
+from pipelines.compression.gates import choose_champion, metric_gate, preference
+from pipelines.compression.quantization import quantize_onnx
+from pipelines.compression.results import CompressResult, Gate, Row, shippable
+from pipelines.compression.teacher import Teacher, check_compatible, load_teacher, resolve_teacher
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = DataSpec("tabular", "classification", (6,), 3, mean=(0.0,) * 6, std=(1.0,) * 6)
@@ -103,22 +107,22 @@ def test_distilled_students_validation_is_fresh_every_epoch(tmp_path):
 
 
 def test_shrink_scales_widths_and_cuts_depth():
-    mlp = comp.shrink({"hidden": [256, 128, 64], "dropout": 0.1, "batch_norm": True}, 0.5, 2)
+    mlp = students.shrink({"hidden": [256, 128, 64], "dropout": 0.1, "batch_norm": True}, 0.5, 2)
     assert mlp == {"hidden": [128, 64], "dropout": 0.1, "batch_norm": True}
-    tr = comp.shrink({"d_model": 64, "nhead": 4, "num_layers": 4, "dim_feedforward": 128}, 0.3, 1)
+    tr = students.shrink({"d_model": 64, "nhead": 4, "num_layers": 4, "dim_feedforward": 128}, 0.3, 1)
     assert tr["d_model"] % 4 == 0 and tr["d_model"] == 20 and tr["num_layers"] == 1 and tr["dim_feedforward"] == 38
-    rnn = comp.shrink({"cell": "lstm", "hidden_size": 8, "num_layers": 2, "bidirectional": False}, 0.01, 0)
+    rnn = students.shrink({"cell": "lstm", "hidden_size": 8, "num_layers": 2, "bidirectional": False}, 0.01, 0)
     assert rnn["hidden_size"] == 1 and rnn["num_layers"] == 2 and rnn["bidirectional"] is False
 
 
 def test_student_arch_same_family_starts_from_the_teacher(tmp_path):
     from pipelines.config import load_config
 
-    teacher = comp.Teacher(None, "t.ckpt", "cnn", SPEC, {"channels": [32, 64], "hidden": 128, "dropout": 0.1}, None)
+    teacher = Teacher(None, "t.ckpt", "cnn", SPEC, {"channels": [32, 64], "hidden": 128, "dropout": 0.1}, None)
     same = load_config(None, ["compress.student.width=0.5"])
-    assert comp.student_arch(same, teacher) == ("cnn", {"channels": [16, 32], "hidden": 64, "dropout": 0.1})
+    assert students.student_arch(same, teacher) == ("cnn", {"channels": [16, 32], "hidden": 64, "dropout": 0.1})
     other = load_config(None, ["compress.student.family=mlp", "model.mlp.hidden=[40]", "compress.student.width=1"])
-    family, arch = comp.student_arch(other, teacher)
+    family, arch = students.student_arch(other, teacher)
     assert family == "mlp" and arch["hidden"] == [40]
 
 
@@ -133,27 +137,27 @@ def test_student_arch_same_family_starts_from_the_teacher(tmp_path):
     ],
 )
 def test_metric_gate(task, ref, value, limit, passed):
-    assert comp.metric_gate("g", ref, value, task, limit).passed is passed
+    assert metric_gate("g", ref, value, task, limit).passed is passed
 
 
 def test_gate_without_metric_is_skipped():
-    gate = comp.metric_gate("gan", None, None, None, 1.0)
+    gate = metric_gate("gan", None, None, None, 1.0)
     assert gate.passed and "skipped" in gate.detail
 
 
 def test_teacher_references_that_cannot_resolve(tmp_path):
     with pytest.raises(InputError, match="not a checkpoint file"):
-        comp.resolve_teacher(str(tmp_path / "missing.ckpt"))
+        resolve_teacher(str(tmp_path / "missing.ckpt"))
     evil = tmp_path / "evil.ckpt"
     evil.write_bytes(pickle.dumps(type("X", (), {"__reduce__": lambda self: (print, ("pwned",))})()))
     with pytest.raises(InputError):
-        comp.load_teacher(str(evil))
+        load_teacher(str(evil))
 
 
 def test_data_must_match_the_teacher():
     other = DataSpec("tabular", "classification", (7,), 3)
     with pytest.raises(InputError, match="input_shape"):
-        comp.check_compatible(SPEC, other)
+        check_compatible(SPEC, other)
 
 
 def test_compress_needs_a_teacher(cli, tiny):
@@ -162,12 +166,12 @@ def test_compress_needs_a_teacher(cli, tiny):
 
 
 def test_failed_gate_exits_1_and_says_why(cli, tiny, monkeypatch, tmp_path):
-    row = comp.Row(
+    row = Row(
         "teacher fp32 (PyTorch)", "pytorch", 10, 40, 0.9, dict.fromkeys(("b1_p50", "b1_p95", "b64_p50", "b64_p95"), 1.0)
     )
-    gates = [comp.Gate("teacher INT8 drop", False, "drop +3.00 points (limit 1)")]
-    result = comp.CompressResult(str(tmp_path), "test/acc", [row], gates, {}, "r.md", "r.json", None)
-    monkeypatch.setattr(comp, "compress", lambda cfg, teacher: result)
+    gates = [Gate("teacher INT8 drop", False, "drop +3.00 points (limit 1)")]
+    result = CompressResult(str(tmp_path), "test/acc", [row], gates, {}, "r.md", "r.json", None)
+    monkeypatch.setattr(stage, "compress", lambda cfg, teacher: result)
     code, _, err = cli("compress", *tiny, "--teacher", "x.ckpt")
     assert code == 1 and "teacher INT8 drop" in err and "nothing registered" in err
     import json
@@ -224,29 +228,29 @@ def _result(tmp_path, *, passed: bool):
     folder = tmp_path / "onnx"
     folder.mkdir()
     fp32 = _tiny_onnx(folder / "teacher.onnx")
-    int8 = export.quantize_onnx(fp32, folder / "teacher-int8.onnx", recipe="dynamic")
+    int8 = quantize_onnx(fp32, folder / "teacher-int8.onnx", recipe="dynamic")
     x = np.random.default_rng(1).standard_normal((16, 6)).astype("f4")
     y = export.run_session(export.open_session(fp32), x).argmax(1)
-    probe = comp.Probe(x, y, [x], [x], "classification")
+    probe = measure.Probe(x, y, [x], [x], "classification")
     rows = [
-        comp.Row("teacher fp32 (PyTorch)", "pytorch", 21, 84, 1.0, LATENCY, key="teacher_fp32_pytorch"),
-        comp.Row("teacher fp32 (ONNX)", "onnxruntime", 21, 90, 1.0, LATENCY, 0.0, str(fp32), "teacher_fp32_onnx"),
-        comp.Row("teacher INT8 (dynamic)", "onnxruntime", 21, 80, 0.99, LATENCY, None, str(int8), "teacher_int8_onnx"),
+        Row("teacher fp32 (PyTorch)", "pytorch", 21, 84, 1.0, LATENCY, key="teacher_fp32_pytorch"),
+        Row("teacher fp32 (ONNX)", "onnxruntime", 21, 90, 1.0, LATENCY, 0.0, str(fp32), "teacher_fp32_onnx"),
+        Row("teacher INT8 (dynamic)", "onnxruntime", 21, 80, 0.99, LATENCY, None, str(int8), "teacher_int8_onnx"),
     ]
     gates = [
-        comp.Gate("teacher parity", True, "ok", ("teacher", "teacher-int8")),
-        comp.Gate("teacher INT8 drop", passed, "drop +1.00 points", ("teacher-int8",)),
-        comp.Gate("teacher fp32 sanity", passed, "made up for the test: fails with the INT8 drop", ("teacher",)),
+        Gate("teacher parity", True, "ok", ("teacher", "teacher-int8")),
+        Gate("teacher INT8 drop", passed, "drop +1.00 points", ("teacher-int8",)),
+        Gate("teacher fp32 sanity", passed, "made up for the test: fails with the INT8 drop", ("teacher",)),
     ]
-    md, js = comp.write_report(
+    md, js = tables.write_report(
         tmp_path, {"metric": "test/acc", "teacher": {"checkpoint": "t.ckpt", "family": "mlp"}}, rows, gates
     )
     files = {"teacher": str(fp32), "teacher-int8": str(int8)}
     champion = "teacher-int8" if passed else None
-    result = comp.CompressResult(
+    result = CompressResult(
         str(tmp_path), "test/acc", rows, gates, files, str(md), str(js), "f" * 32, champion=champion
     )
-    teacher = comp.Teacher(None, "t.ckpt", "mlp", NAMED, {}, "f" * 32)
+    teacher = Teacher(None, "t.ckpt", "mlp", NAMED, {}, "f" * 32)
     return result, teacher, probe
 
 
@@ -258,8 +262,8 @@ def test_passing_models_are_logged_and_the_shipped_one_registered(store, tmp_pat
 
     cfg = _tracked_cfg(store, tmp_path, "model.family=cnn")  # the teacher's family names the model, not the config's
     result, teacher, probe = _result(tmp_path, passed=True)
-    with tracking.job_run(cfg, kind="pipeline") as parent, comp._tracked(cfg, teacher, parent) as run_id:
-        result = comp.log_result(cfg, run_id, teacher, probe, result)
+    with tracking.job_run(cfg, kind="pipeline") as parent, publish.tracked(cfg, teacher, parent) as run_id:
+        result = publish.log_result(cfg, run_id, teacher, probe, result)
     client = MlflowClient(tracking_uri=store)
     run = client.get_run(run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["dlforge.teacher_run_id"] == "f" * 32
@@ -326,7 +330,7 @@ def test_a_failed_gate_registers_nothing(store, tmp_path):
     cfg = _tracked_cfg(store, tmp_path)
     result, teacher, probe = _result(tmp_path, passed=False)
     with tracking.job_run(cfg, kind="compress") as run_id:
-        result = comp.log_result(cfg, run_id, teacher, probe, result)
+        result = publish.log_result(cfg, run_id, teacher, probe, result)
     client = MlflowClient(tracking_uri=store)
     assert result.registered is None and client.search_registered_models() == []
     assert not client.search_logged_models([client.get_run(run_id).info.experiment_id])  # no ONNX flavor either
@@ -338,24 +342,24 @@ def test_a_failed_gate_registers_nothing(store, tmp_path):
 def test_registered_key_follows_the_config_and_the_family(tmp_path):
     from pipelines.config import load_config
 
-    teacher, gan = (comp.Teacher(None, "t.ckpt", f, SPEC, {}, None) for f in ("mlp", "gan"))
+    teacher, gan = (Teacher(None, "t.ckpt", f, SPEC, {}, None) for f in ("mlp", "gan"))
     cfg = lambda *o: load_config(None, list(o))  # noqa: E731
-    assert comp.registered_key(cfg(), teacher) == "teacher-int8"
-    assert comp.registered_key(cfg(), gan) == "generator-int8"
-    assert comp.registered_key(cfg("compress.register=student-int8"), teacher) == "student-int8"
-    assert comp.registered_key(cfg("compress.quantization=none"), teacher) == "teacher"
-    assert comp.registered_key(cfg("compress.register=none"), teacher) is None
-    assert comp.registered_key(cfg("tracking.enabled=false"), teacher) is None
+    assert publish.registered_key(cfg(), teacher) == "teacher-int8"
+    assert publish.registered_key(cfg(), gan) == "generator-int8"
+    assert publish.registered_key(cfg("compress.register=student-int8"), teacher) == "student-int8"
+    assert publish.registered_key(cfg("compress.quantization=none"), teacher) == "teacher"
+    assert publish.registered_key(cfg("compress.register=none"), teacher) is None
+    assert publish.registered_key(cfg("tracking.enabled=false"), teacher) is None
     with pytest.raises(InputError, match="compress.epochs=0"):
-        comp.registered_key(cfg("compress.register=student", "compress.epochs=0"), teacher)
+        publish.registered_key(cfg("compress.register=student", "compress.epochs=0"), teacher)
     with pytest.raises(InputError, match="GAN"):
-        comp.registered_key(cfg("compress.register=student-int8"), gan)
+        publish.registered_key(cfg("compress.register=student-int8"), gan)
 
 
 def test_metric_names_do_not_depend_on_the_recipe():
     def metrics(recipe):
-        row = comp.Row(f"teacher INT8 ({recipe})", "onnxruntime", 1, 2, 0.5, LATENCY, key="teacher_int8_onnx")
-        return comp.report_metrics(comp.CompressResult("o", "test/acc", [row], [], {}, "m", "j", None))
+        row = Row(f"teacher INT8 ({recipe})", "onnxruntime", 1, 2, 0.5, LATENCY, key="teacher_int8_onnx")
+        return publish.report_metrics(CompressResult("o", "test/acc", [row], [], {}, "m", "j", None))
 
     assert metrics("static").keys() == metrics("dynamic").keys()
     assert "compress/teacher_int8_onnx/acc" in metrics("static")
@@ -370,11 +374,11 @@ def test_teacher_run_ids_and_registry_refs_resolve_in_the_configured_store(store
     ckpt.write_bytes(b"weights")
     with tracking.job_run(cfg, kind="train") as run_id:
         tracking.log_artifact(run_id, ckpt, "checkpoints")
-    path, source = comp.resolve_teacher(run_id, cfg)
+    path, source = resolve_teacher(run_id, cfg)
     assert source == run_id and Path(path).read_bytes() == b"weights"
     assert Path(path).is_relative_to(tmp_path / "out" / "teacher")  # kept with the outputs, not in /tmp
     with pytest.raises(InputError, match="^teacher models:/nope@candidate is not a registered model"):
-        comp.resolve_teacher("models:/nope@candidate", cfg)
+        resolve_teacher("models:/nope@candidate", cfg)
     capsys.readouterr()  # MLflow's download progress bar above
     for bad in ("models:/nope@candidate", "0" * 32):
         code, _, err = cli("compress", *tiny, f"tracking.uri={store}", "--teacher", bad)
@@ -386,7 +390,7 @@ def test_teacher_run_ids_and_registry_refs_resolve_in_the_configured_store(store
 FILES = {k: f"{k}.onnx" for k in ("teacher", "teacher-int8", "student", "student-int8")}
 
 
-def _gates(**failed: bool) -> list[comp.Gate]:
+def _gates(**failed: bool) -> list[Gate]:
     """The gates a compress run makes, each guarding its own artifacts; ``failed`` names those that fail."""
     guards = {
         "teacher_parity": ("teacher", "teacher-int8"),
@@ -395,13 +399,13 @@ def _gates(**failed: bool) -> list[comp.Gate]:
         "student_int8_drop": ("student-int8",),
         "student_drop": ("student", "student-int8"),
     }
-    return [comp.Gate(name, not failed.get(name, False), "d", g) for name, g in guards.items()]
+    return [Gate(name, not failed.get(name, False), "d", g) for name, g in guards.items()]
 
 
 def _order(*overrides, family="mlp"):
     from pipelines.config import load_config
 
-    return comp.preference(load_config(None, list(overrides)), comp.Teacher(None, "t", family, SPEC, {}, None))
+    return preference(load_config(None, list(overrides)), Teacher(None, "t", family, SPEC, {}, None))
 
 
 def test_preference_starts_at_compress_register_then_its_other_precision_then_the_other_model():
@@ -427,22 +431,22 @@ def test_preference_starts_at_compress_register_then_its_other_precision_then_th
 )
 def test_champion_is_the_preferred_artifact_whose_own_gates_passed(register, failed, champion, shipped):
     gates = _gates(**failed)
-    assert comp.shippable(FILES, gates) == shipped
-    assert comp.choose_champion(_order(f"compress.register={register}"), FILES, gates) == champion
+    assert shippable(FILES, gates) == shipped
+    assert choose_champion(_order(f"compress.register={register}"), FILES, gates) == champion
 
 
 def test_a_gate_without_guards_holds_back_every_artifact():
-    gates = [comp.Gate("global", False, "d")]
-    assert comp.shippable(FILES, gates) == [] and comp.choose_champion(_order(), FILES, gates) is None
+    gates = [Gate("global", False, "d")]
+    assert shippable(FILES, gates) == [] and choose_champion(_order(), FILES, gates) is None
 
 
 def _fake_compress(tmp_path, monkeypatch, gates, champion):
-    row = comp.Row("teacher fp32 (PyTorch)", "pytorch", 10, 40, 0.9, LATENCY)
+    row = Row("teacher fp32 (PyTorch)", "pytorch", 10, 40, 0.9, LATENCY)
     files = {k: str(tmp_path / v) for k, v in FILES.items()}
-    result = comp.CompressResult(
+    result = CompressResult(
         str(tmp_path), "test/acc", [row], gates, files, "r.md", "r.json", None, champion=champion
     )
-    monkeypatch.setattr(comp, "compress", lambda cfg, teacher: result)
+    monkeypatch.setattr(stage, "compress", lambda cfg, teacher: result)
 
 
 def test_compress_exits_0_with_a_champion_and_prints_every_failed_gate(cli, tiny, monkeypatch, tmp_path):
@@ -468,8 +472,8 @@ def test_compress_exits_1_when_no_artifact_passed(cli, tiny, monkeypatch, tmp_pa
 def test_the_report_names_the_champion_and_what_was_held_back(tmp_path):
     gates = _gates(student_drop=True)
     report = {"metric": "test/acc", "teacher": {"checkpoint": "t", "family": "mlp"}, "files": FILES}
-    report |= {"champion": "teacher-int8", "shipped": comp.shippable(FILES, gates)}
-    md, js = comp.write_report(tmp_path, report, [], gates)
+    report |= {"champion": "teacher-int8", "shipped": shippable(FILES, gates)}
+    md, js = tables.write_report(tmp_path, report, [], gates)
     text = md.read_text()
     assert "champion: teacher-int8; shipped: teacher, teacher-int8; failed: student_drop" in text
     assert "not shipped: student, student-int8" in text and "(guards student, student-int8)" in text
@@ -484,13 +488,13 @@ def test_a_failing_student_is_not_registered_while_the_teacher_is(store, tmp_pat
     cfg = _tracked_cfg(store, tmp_path)
     result, teacher, probe = _result(tmp_path, passed=True)
     student = _tiny_onnx(tmp_path / "onnx" / "student.onnx", seed=3)
-    gates = [*result.gates, comp.Gate("student drop", False, "drop +5.00 points", ("student", "student-int8"))]
-    rows = [*result.rows, comp.Row("student fp32 (ONNX)", "onnxruntime", 21, 90, 0.9, LATENCY, 0.0, str(student))]
+    gates = [*result.gates, Gate("student drop", False, "drop +5.00 points", ("student", "student-int8"))]
+    rows = [*result.rows, Row("student fp32 (ONNX)", "onnxruntime", 21, 90, 0.9, LATENCY, 0.0, str(student))]
     files = result.files | {"student": str(student)}
-    champion = comp.choose_champion(comp.preference(cfg, teacher), files, gates)
+    champion = choose_champion(preference(cfg, teacher), files, gates)
     result = dataclasses.replace(result, gates=gates, rows=rows, files=files, champion=champion)
     with tracking.job_run(cfg, kind="compress") as run_id:
-        result = comp.log_result(cfg, run_id, teacher, probe, result)
+        result = publish.log_result(cfg, run_id, teacher, probe, result)
     client = MlflowClient(tracking_uri=store)
     assert result.champion == "teacher-int8" and result.registered["model"] == "teacher-int8"
     assert set(result.registered["versions"]) == {"teacher", "teacher-int8"}
@@ -504,12 +508,12 @@ def test_a_failing_student_is_not_registered_while_the_teacher_is(store, tmp_pat
 def test_student_budget_is_the_teachers_epochs_under_auto():
     from pipelines.config import load_config
 
-    teacher = comp.Teacher(None, "t", "mlp", SPEC, {"hidden": [8]}, None, epochs=25)
-    assert comp.student_epochs(load_config(None, []), teacher) == 25  # compress.epochs: auto is the default
-    assert comp.student_epochs(load_config(None, ["compress.epochs=3"]), teacher) == 3
-    fit = comp.student_fit_config(load_config(None, ["optim.scheduler=step"]), teacher, "mlp")
+    teacher = Teacher(None, "t", "mlp", SPEC, {"hidden": [8]}, None, epochs=25)
+    assert students.student_epochs(load_config(None, []), teacher) == 25  # compress.epochs: auto is the default
+    assert students.student_epochs(load_config(None, ["compress.epochs=3"]), teacher) == 3
+    fit = students.student_fit_config(load_config(None, ["optim.scheduler=step"]), teacher, "mlp")
     assert fit.trainer.max_epochs == 25 and fit.optim.scheduler == "step" and fit.trainer.devices == 1
-    cosine = comp.student_fit_config(
+    cosine = students.student_fit_config(
         load_config(None, ["compress.schedule=cosine", "optim.scheduler=step"]), teacher, "mlp"
     )
     assert cosine.optim.scheduler == "cosine"
@@ -522,9 +526,9 @@ def test_the_default_student_has_at_most_a_quarter_of_the_parameters():
     image = DataSpec("image", "classification", (1, 8, 8), 10)
     for family, spec in (("mlp", SPEC), ("mlp", DataSpec("tabular", "classification", (300,), 3)), ("cnn", image)):
         arch = dataclasses.replace(cfg.model, family=family).arch()
-        teacher = comp.Teacher(build_model(family, spec, arch, {}), "t", family, spec, arch, None)
-        _, small = comp.sized_student_arch(cfg, teacher)
-        ratio = comp._count(build_model(family, spec, small, {})) / comp._count(teacher.module)
+        teacher = Teacher(build_model(family, spec, arch, {}), "t", family, spec, arch, None)
+        _, small = students.sized_student_arch(cfg, teacher)
+        ratio = measure.count_params(build_model(family, spec, small, {})) / measure.count_params(teacher.module)
         assert 0.15 < ratio <= 0.25, (family, spec.input_shape, ratio)  # narrowed only as far as needed
 
 
@@ -550,3 +554,34 @@ def test_distill_with_mixup_trains_and_keeps_the_hard_term_on_real_examples(tmp_
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     with pytest.raises(ValueError, match="mixup"):
         DistillModule(student, teacher, "classification", alpha=0.1, temperature=2.0, mixup=-1.0)
+
+
+def test_twin_without_teacher_trains_on_labels_and_mixed_labels(tmp_path):
+    """DistillModule(teacher=None) is the from-scratch twin: same batches and mixed copies, labels for targets."""
+    from dl_lightning.distill import mixed_label_loss
+
+    out, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    whole = mixed_label_loss(out, y, torch.ones(4), torch.tensor([1, 2, 3, 0]), "classification")
+    assert torch.allclose(whole, torch.nn.functional.cross_entropy(out, y))  # λ = 1: the example's own label
+    torch.manual_seed(0)
+    student = build_model("mlp", SPEC, {"hidden": [4], "dropout": 0.0}, {"lr": 1e-2})
+    start = copy.deepcopy(student.state_dict())
+    module = DistillModule(student, None, "classification", alpha=0.5, temperature=2.0, mixup=1.0)
+    data = TensorDataset(torch.randn(64, 6), torch.randint(0, 3, (64,)))
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert any(not torch.equal(start[k], v) for k, v in student.state_dict().items())
+
+
+def test_ensemble_teacher_softmax_is_the_members_mean_softened_distribution():
+    from dl_lightning.distill import EnsembleTeacher
+
+    torch.manual_seed(0)
+    a, b, x = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4), torch.randn(5, 3)
+    ensemble = EnsembleTeacher([a, b], "classification", temperature=3.0)
+    mean = (torch.softmax(a(x) / 3.0, 1) + torch.softmax(b(x) / 3.0, 1)) / 2  # (5, 4)
+    assert torch.allclose(torch.softmax(ensemble(x) / 3.0, 1), mean, atol=1e-6)
+    assert not list(ensemble.parameters())  # members are frozen outside: never trained, never saved

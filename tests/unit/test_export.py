@@ -19,6 +19,7 @@ from dl_lightning.data.spec import DataSpec
 from dl_lightning.errors import InputError
 from dl_lightning.registry import FAMILIES, build_model
 from pipelines import export
+from pipelines.compression.quantization import choose_recipe, quantize_onnx
 from pipelines.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +92,9 @@ def test_export_parity_and_int8_for_every_family(family, tmp_path, exports):
     parity = export.check_parity(net, session, batches)
     assert parity.passed and parity.max_abs_diff <= 1e-4
 
-    recipe = export.choose_recipe(model, "auto")
+    recipe = choose_recipe(model, "auto")
     assert recipe == ("static" if family in ("cnn", "gan") else "dynamic")
-    int8 = export.quantize_onnx(path, tmp_path / "int8.onnx", recipe=recipe, calibration=batches)
+    int8 = quantize_onnx(path, tmp_path / "int8.onnx", recipe=recipe, calibration=batches)
     assert int8.stat().st_size < path.stat().st_size
     out = export.run_session(export.open_session(int8), batches[0])
     assert out.shape == export.run_session(session, batches[0]).shape and np.isfinite(out).all()
@@ -104,8 +105,8 @@ def test_export_parity_and_int8_for_every_family(family, tmp_path, exports):
 def test_shipped_files_hold_no_exporter_debris(family, tmp_path, exports):
     """No stack traces (the exporting machine's paths) in node metadata, no shape annotations, no dead weights."""
     _, path, spec = exports(family)
-    recipe = export.choose_recipe(onnx.load(str(path)), "auto")
-    int8 = export.quantize_onnx(path, tmp_path / "int8.onnx", recipe=recipe, calibration=[inputs_for(spec, 8)])
+    recipe = choose_recipe(onnx.load(str(path)), "auto")
+    int8 = quantize_onnx(path, tmp_path / "int8.onnx", recipe=recipe, calibration=[inputs_for(spec, 8)])
     for file in (path, int8):
         model = onnx.load(str(file))
         assert not any(node.metadata_props or node.doc_string for node in model.graph.node)
@@ -136,10 +137,10 @@ def test_recurrent_export_has_dynamic_sequence_axis(tmp_path, exports):
 def test_static_and_dynamic_on_request_and_per_channel(tmp_path, exports):
     net, path, spec = exports("mlp")
     model = onnx.load(str(path))
-    assert export.choose_recipe(model, "static") == "static" and export.choose_recipe(model, "none") == "none"
+    assert choose_recipe(model, "static") == "static" and choose_recipe(model, "none") == "none"
     calib = [inputs_for(spec, 8)]
     for recipe in ("static", "dynamic"):
-        q = export.quantize_onnx(path, tmp_path / f"{recipe}.onnx", recipe=recipe, per_channel=True, calibration=calib)
+        q = quantize_onnx(path, tmp_path / f"{recipe}.onnx", recipe=recipe, per_channel=True, calibration=calib)
         assert export.run_session(export.open_session(q), calib[0]).shape == (8, 3)
 
 

@@ -17,9 +17,11 @@ from mlflow import MlflowClient
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dl_lightning.errors import InputError
 from pipelines import tracking
 from pipelines.config import Config, build_config
 from pipelines.plots import classification_review, plot_learning_curves, plot_residuals
+from pipelines.tracking import callback, store
 
 
 @pytest.fixture
@@ -194,7 +196,7 @@ def test_unreachable_server_is_an_error_unless_not_required(tmp_path, monkeypatc
     down = build_config({}, {"tracking.uri": "http://127.0.0.1:9"})  # port 9 (discard): nothing listens
     with pytest.raises(tracking.TrackingError, match="does not answer"), tracking.job_run(down, kind="train"):
         pass
-    monkeypatch.setattr(tracking, "PROJECT_ROOT", tmp_path)  # the local fallback store lands in tmp
+    monkeypatch.setattr(store, "PROJECT_ROOT", tmp_path)  # the local fallback store lands in tmp
     (tmp_path / "mlruns").mkdir()
     shutil.copyfile(Path(client.tracking_uri.removeprefix("sqlite:///")), tmp_path / "mlruns" / "mlflow.db")
     lenient = down.with_overrides({"tracking.required": False})
@@ -286,7 +288,7 @@ def test_an_epoch_the_run_already_has_is_not_logged_again(cfg, client):
 
 
 def test_metrics_survive_a_store_outage_in_the_checkpoint(cfg, client, monkeypatch):
-    real = tracking._log_batch
+    real = callback._log_batch
 
     def down(client_, run_id, *, metrics=None, **kw):
         if metrics:
@@ -294,9 +296,9 @@ def test_metrics_survive_a_store_outage_in_the_checkpoint(cfg, client, monkeypat
         return real(client_, run_id, metrics=metrics, **kw)
 
     with tracking.job_run(cfg, kind="train") as run_id:
-        monkeypatch.setattr(tracking, "_log_batch", down)
+        monkeypatch.setattr(callback, "_log_batch", down)
         checkpoint = _fit(cfg, run_id, epochs=2)  # training goes on; both epochs ride in the checkpoint
-        monkeypatch.setattr(tracking, "_log_batch", real)
+        monkeypatch.setattr(callback, "_log_batch", real)
         assert client.get_metric_history(run_id, "train/loss") == []
         state = torch.load(checkpoint.last_model_path, weights_only=True)[tracking.CHECKPOINT_KEY]
         assert [step for step, _ in state["pending"]] == [0, 1]
@@ -377,7 +379,7 @@ def test_resolve_checkpoint_from_a_run_id_or_a_registry_alias(cfg, tmp_path):
     for ref in (run_id, "models:/resolve@candidate", "models:/resolve/1"):
         path, source = tracking.resolve_checkpoint(ref, cfg, dest=tmp_path / ref.replace("/", "_").replace(":", ""))
         assert Path(path).name == "best.ckpt" and Path(path).read_bytes() == b"weights" and source == run_id
-    with pytest.raises(tracking.InputError, match="not a registered model"):
+    with pytest.raises(InputError, match="not a registered model"):
         tracking.resolve_checkpoint("models:/nope@candidate", cfg)
 
 

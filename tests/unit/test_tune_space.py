@@ -5,8 +5,9 @@ import sys
 import pytest
 
 from dl_lightning.errors import InputError
-from pipelines.config import DEFAULT_SPACE, Config, ConfigError, all_keys, load_config
+from pipelines.config import Config, ConfigError, all_keys, load_config
 from pipelines.sweep import plan_sweep, trial_config
+from tune.settings import DEFAULT_SPACE
 from tune.space import Dimension, check_search, grid_size, mutable_keys, parse_space
 
 KEYS = all_keys()
@@ -173,13 +174,13 @@ def test_trial_config_is_one_process_in_its_own_folder(tmp_path):
 
 
 def test_asha_runs_to_the_full_epoch_budget_with_the_configured_reduction_factor(tmp_path):
-    from pipelines.sweep import SweepPlan, sweep_settings
+    from pipelines.sweep import SweepPlan, sweep_job
     from tune.sweep import _scheduler
 
     cfg = load_config(None, ["trainer.max_epochs=25", "tune.grace_period=3", f"output_dir={tmp_path}"])
     assert cfg.tune.reduction_factor == 4  # Ray's own default
     space = parse_space(cfg.tune.space, KEYS)
-    asha = _scheduler(space, sweep_settings(cfg, SweepPlan(space, "val/acc", "max")))
+    asha = _scheduler(space, sweep_job(cfg, SweepPlan(space, "val/acc", "max")))
     assert (asha._max_t, asha._reduction_factor, [milestone for milestone, _ in asha._brackets[0]._rungs]) == (
         25,
         4,

@@ -1,0 +1,137 @@
+"""The student: the teacher's (or a named family's) architecture shrunk to a parameter budget, then distilled.
+
+The same student is also trained from scratch (``compress.scratch``) with the same seed, budget and schedule, so the
+difference between the two is the teacher's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+
+from dl_lightning.data import DlforgeDataModule, Splits
+from dl_lightning.distill import DistillModule
+from dl_lightning.registry import build_model
+from pipelines.compression.measure import count_params
+from pipelines.compression.teacher import Teacher
+from pipelines.config import Config
+from pipelines.train import fit_module, optim_settings
+
+WIDTH_KEYS = ("hidden", "channels", "hidden_size", "embed_dim", "d_model", "dim_feedforward", "width")
+
+
+def student_epochs(cfg: Config, teacher: Teacher) -> int:
+    """The student's budget: ``compress.epochs``, or under ``auto`` the teacher's own epochs (10 when unknown)."""
+    epochs = cfg.compress.epochs
+    if epochs == "auto":
+        return teacher.epochs or 10
+    return int(epochs)
+
+
+def student_arch(cfg: Config, teacher: Teacher, width: float | None = None) -> tuple[str, dict[str, Any]]:
+    """The student's family and keyword arguments: the starting architecture shrunk by ``compress.student``."""
+    s = cfg.compress.student
+    if s.family == "same":
+        family, arch = teacher.family, dict(teacher.arch)
+    else:
+        family, arch = s.family, dataclasses.replace(cfg.model, family=s.family).arch()
+    return family, shrink(arch, s.width if width is None else width, s.depth)
+
+
+def sized_student_arch(cfg: Config, teacher: Teacher) -> tuple[str, dict[str, Any]]:
+    """:func:`student_arch`, narrowed (width × 0.9 per step) until it has at most ``compress.student.max_params``
+    of the teacher's parameters — widths 0.5 of an MLP quarter its hidden layers but only halve its input layer."""
+    s = cfg.compress.student
+    family, arch = student_arch(cfg, teacher)
+    if not s.max_params:
+        return family, arch
+    budget = s.max_params * count_params(teacher.module.export_net()[0])
+    width = s.width
+    while count_params(build_model(family, teacher.spec, arch, {}).export_net()[0]) > budget and width > 0.02:
+        width *= 0.9
+        family, arch = student_arch(cfg, teacher, width)
+    return family, arch
+
+
+def shrink(arch: dict[str, Any], width: float, depth: int) -> dict[str, Any]:
+    """Widths × ``width`` (at least 1); with ``depth`` > 0, stacks cut to ``depth`` layers.
+
+    A transformer's ``d_model`` stays a multiple of ``nhead`` (attention splits it evenly between heads).
+    """
+    out = dict(arch)
+    for key in WIDTH_KEYS:
+        if isinstance(out.get(key), list | tuple):
+            sizes = [max(1, round(v * width)) for v in out[key]]
+            out[key] = sizes[:depth] if depth else sizes
+        elif isinstance(out.get(key), int) and not isinstance(out[key], bool):
+            out[key] = max(1, round(out[key] * width))
+    if depth and isinstance(out.get("num_layers"), int):
+        out["num_layers"] = depth
+    if "d_model" in out and "nhead" in out:
+        heads = out["nhead"]
+        out["d_model"] = max(heads, round(out["d_model"] / heads) * heads)
+    return out
+
+
+def train_students(
+    cfg: Config, teacher: Teacher, splits: Splits, family: str, arch: dict[str, Any]
+) -> tuple[L.LightningModule, L.LightningModule | None]:
+    """The distilled student and (when ``compress.scratch``) its twin: the same student trained on labels alone.
+
+    Both start from the same seed, hence the same initial weights, and get the same epochs, data, batches, mixed
+    copies (``compress.mixup``), optimizer and lr schedule — the twin reads labels where the student reads the teacher
+    (:class:`DistillModule` with no teacher) — so the difference between them is the teacher's. Both come back in eval
+    mode, at their last epoch's weights.
+    """
+    c = cfg.compress
+    fit_cfg = student_fit_config(cfg, teacher, family)
+    distilled = _build_student(fit_cfg, teacher, family, arch)
+    module = DistillModule(distilled, teacher.module, teacher.spec.task, c.alpha, c.temperature, c.mixup)
+    _fit(fit_cfg, module, splits, "student")
+    if not c.scratch:
+        return distilled, None
+    scratch = _build_student(fit_cfg, teacher, family, arch)
+    _fit(fit_cfg, DistillModule(scratch, None, teacher.spec.task, c.alpha, c.temperature, c.mixup), splits, "scratch")
+    return distilled, scratch
+
+
+def student_fit_config(cfg: Config, teacher: Teacher, family: str) -> Config:
+    """The training config of a student fit: the compress budget and schedule, one process.
+
+    A patient schedule (Beyer et al. 2022): as many epochs as the teacher had under ``compress.epochs=auto``, the lr
+    decaying on a cosine to its end under ``compress.schedule=cosine``.
+    """
+    overrides: dict[str, Any] = {
+        "model.family": family,
+        "trainer.max_epochs": student_epochs(cfg, teacher),
+        "trainer.devices": 1,  # a small student on one process: DDP would relaunch the whole command
+        "trainer.num_nodes": 1,
+        "trainer.strategy": "auto",
+        "trainer.early_stopping_patience": 0,  # patience (Beyer et al. 2022): a student gains late, never cut short
+    }
+    if cfg.compress.schedule == "cosine":
+        overrides["optim.scheduler"] = "cosine"
+    return cfg.with_overrides(overrides)
+
+
+def _build_student(fit_cfg: Config, teacher: Teacher, family: str, arch: dict[str, Any]) -> L.LightningModule:
+    L.seed_everything(fit_cfg.seed, workers=True, verbose=False)
+    return build_model(family, teacher.spec, arch, optim_settings(fit_cfg))
+
+
+def _fit(cfg: Config, module: L.LightningModule, splits: Splits, name: str) -> None:
+    fit_cfg = cfg.with_overrides({"output_dir": str(Path(cfg.output_dir).absolute() / name)})
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = DlforgeDataModule(
+        splits,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        augment=dataclasses.asdict(cfg.data.augment),
+    )
+    # the last epoch's weights, not the best-validated ones: picking a checkpoint on a small validation split is early
+    # stopping by another name, and a student gains late (patience, Beyer et al. 2022); twins are treated alike
+    fit_module(fit_cfg, module, datamodule, splits.spec.task, test=False)
+    module.eval()

@@ -1,0 +1,148 @@
+"""The train stage: one fit in one tracking run, and what the run keeps of it.
+
+``train_stage(cfg, ...)`` is what ``dlforge train`` does around ``train()``: it checks a checkpoint to resume from,
+opens the job's run (continuing the checkpoint's run), fits with tracking's callbacks, and logs the result and the
+weights' lineage. ``dlforge run`` reaches it through the CLI in a child process, which DDP's relaunch needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dl_lightning.errors import clip
+from pipelines import finetune, guards, review, tracking
+from pipelines.config import Config
+
+if TYPE_CHECKING:
+    from dl_lightning.data import Splits
+    from pipelines.train import TrainResult
+
+log = logging.getLogger(__name__)
+
+OUTPUTS_TAG = "dlforge.train_outputs"  # what log_train_result logged, and after how many epochs
+
+
+@dataclass(frozen=True)
+class LoggedOutputs:
+    """What ``log_train_result`` put in the run."""
+
+    model_uri: str | None = None
+    model_version: str | None = None
+    artifacts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainStageResult:
+    """A fit and what its run holds; ``logged`` is empty on ranks other than 0 and with tracking off."""
+
+    result: TrainResult
+    logged: LoggedOutputs
+
+
+def train_stage(
+    cfg: Config, *, resume: str | None = None, parent_run_id: str | None = None, splits: Splits | None = None
+) -> TrainStageResult:
+    """Fit ``cfg`` in its own run and log the result; the run ends FINISHED, FAILED or KILLED with the fit.
+
+    Args:
+        resume: a checkpoint to continue from: refused when it unpickles code or does not fit the config; its run
+            (when it records one) is continued.
+        parent_run_id: nest the run under a pipeline run.
+        splits: the config's data, already loaded and checked (``pipelines.preflight.check_data``).
+    """
+    from pipelines.preflight import check_resume_fits
+    from pipelines.train import train  # looked up per call: importing this stage needs no torch
+
+    if resume:
+        guards.check_checkpoint(resume)  # weights_only: a hostile pickle is refused before anything loads it
+        check_resume_fits(cfg, splits, resume)  # another architecture or data: one line, not a size-mismatch trace
+    continued = tracking.run_id_from_checkpoint(resume) if cfg.tracking.enabled else None
+    run = tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=parent_run_id)
+    with guards.sigterm_exits(), run as run_id:
+        callbacks = tracking.lightning_callbacks(cfg, run_id)
+        result = train(cfg, resume=resume, callbacks=callbacks, run_id=run_id, splits=splits)
+        logged = log_train_result(run_id, cfg, result)
+        if result.is_global_zero:
+            finetune.log_lineage(cfg, run_id, result.extra, logged.model_version)  # where the weights came from
+    return TrainStageResult(result, logged)
+
+
+def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> LoggedOutputs:
+    """On rank 0 after a fit: test metrics, review plots, GAN samples, the best checkpoint, the model, registry.
+
+    A review plot that fails is a warning and a ``dlforge.review_error`` tag, not a failed job: the model was
+    trained. Failing to log the model or register it raises — later stages depend on them. Once per run and
+    epoch count: a resumed job whose fit was already done (tag ``dlforge.train_outputs``) gets the earlier outputs.
+    """
+    if run_id is None or not result.is_global_zero:
+        return LoggedOutputs()
+    previous = _logged_before(run_id, result.epochs)
+    if previous is not None:  # a resumed job that found the fit already done: test/* and the version exist
+        return previous
+    tracking.log_metrics(run_id, result.metrics, step=result.epochs)
+    tracking.set_tags(run_id, _data_tags(result.data))
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    module = review.load_module(checkpoint) if checkpoint else None
+    folder = Path(cfg.output_dir).absolute() / "review"  # kept beside the checkpoints: reports embed them
+    folder.mkdir(parents=True, exist_ok=True)
+    files = _review_files(run_id, cfg, module, result, folder)
+    for path in files:
+        tracking.log_artifact(run_id, path, "review")
+    tracking.log_artifacts(run_id, Path(cfg.output_dir) / "samples", "samples")
+    if checkpoint:
+        tracking.log_artifact(run_id, checkpoint, "checkpoints")
+    if module is None:
+        return LoggedOutputs(artifacts=tuple(p.name for p in files))
+    return _log_model(run_id, cfg, result, module, tuple(p.name for p in files))
+
+
+def _log_model(run_id: str, cfg: Config, result: TrainResult, module: Any, artifacts: tuple[str, ...]) -> LoggedOutputs:
+    """The model (and, with ``tracking.register``, a registry version), recorded on the run as logged."""
+    net, example = module.export_net()
+    model_uri = tracking.log_model(run_id, net, example, metadata={"data": result.data_brief()})
+    version = None
+    if cfg.tracking.register:
+        name = tracking.registered_model_name(cfg)
+        version = tracking.register_model(model_uri, name=name, run_id=run_id, tags=_version_tags(result))
+    outputs = {"epochs": result.epochs, "model_uri": model_uri, "model_version": version, "artifacts": artifacts}
+    tracking.set_tags_safely(run_id, {OUTPUTS_TAG: json.dumps(outputs)})
+    return LoggedOutputs(model_uri, version, artifacts)
+
+
+def _logged_before(run_id: str, epochs: int) -> LoggedOutputs | None:
+    """What an earlier job of this run logged after the same number of epochs; None when it has not.
+
+    Resuming a finished fit retrains nothing; this keeps it from logging test/* a second time and registering a
+    second version of the same model. A fit continued to more epochs is a new model and is logged again.
+    """
+    try:
+        done = json.loads(tracking.run_tag(run_id, OUTPUTS_TAG) or "null")
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(done, dict) or done.get("epochs") != epochs:
+        return None
+    return LoggedOutputs(done.get("model_uri"), done.get("model_version"), tuple(done.get("artifacts") or ()))
+
+
+def _review_files(run_id: str, cfg: Config, module: Any, result: TrainResult, folder: Path) -> list[Path]:
+    try:
+        history = tracking.metric_history(run_id, ("train/", "val/"), skip=("train/lr",))
+        return review.review_files(cfg, module, result, folder, history)
+    except Exception as exc:  # the model was trained: a plot must not fail the job
+        log.warning("review plots failed: %s: %s", type(exc).__name__, exc)
+        tracking.set_tags_safely(run_id, {"dlforge.review_error": clip(f"{type(exc).__name__}: {exc}", 2000)})
+        return []
+
+
+def _data_tags(data: dict[str, Any]) -> dict[str, str]:
+    tags = {"dlforge.data_fingerprint": data.get("fingerprint"), "dlforge.data_kind": data.get("kind")}
+    return {k: str(v) for k, v in tags.items() if v}
+
+
+def _version_tags(result: TrainResult) -> dict[str, str]:
+    tags = {f"metric.{k}": f"{v:.6g}" for k, v in result.metrics.items()}
+    return tags | _data_tags(result.data)
