@@ -9,6 +9,10 @@ input — whatever augmentation the data module applied to the batch — and, wi
 mixed copies of its own examples (function matching: the teacher labels any input, so the student learns the
 teacher's function between the training points too, not only at them). Labels say nothing about a mixed input, so the
 hard term covers the real examples only.
+
+A gain is only the teacher's if the student's from-scratch twin gets the same recipe: ``DistillModule`` without a
+teacher is that twin (the same mixed copies, mixup's blended labels on them). :class:`EnsembleTeacher` averages several
+teachers' softened outputs (Hinton et al. 2015), a stronger teacher than any one of them where they disagree.
 """
 
 from __future__ import annotations

@@ -87,11 +87,33 @@ def _preempted(exc: SystemExit) -> bool:
     return exceptions is not None and isinstance(exc, exceptions.SIGTERMException)
 
 
+DESCRIPTION = (
+    "Train, tune, compress and ship PyTorch models, with every run tracked in MLflow. "
+    "Each command takes an optional CONFIG.yaml and key=value overrides (see them resolved with dlforge show)."
+)
+EPILOG = "Start with dlforge run --quick; a command's options: dlforge COMMAND --help."
+# One line per command in `dlforge --help` (each command's own --help has the full sentence).
+HEADLINES = {
+    "run": "the main job: sweep, train, compress, gate, ship the champion",
+    "train": "train one model family on a dataset (one process or DDP)",
+    "tune": "sweep hyperparameters with Ray Tune and write the best config",
+    "compress": "distill, ONNX-export, INT8-quantize and gate a trained model",
+    "predict": "predict with an ONNX or registered model (ONNX Runtime only)",
+    "ui": "serve the MLflow dashboard of the tracking store",
+    "show": "print the resolved config",
+    "bench": "run the benchmarks and write their tables",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dlforge", description=__doc__.splitlines()[0])
+    from pipelines.version import dlforge_version
+
+    parser = argparse.ArgumentParser(prog="dlforge", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"dlforge {dlforge_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (handler, help_text, extra) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    for name in sorted(COMMANDS, key=lambda n: list(HEADLINES).index(n) if n in HEADLINES else len(HEADLINES)):
+        handler, help_text, extra = COMMANDS[name]
+        sub = commands.add_parser(name, help=HEADLINES.get(name, help_text), description=help_text)
         sub.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
         for flag, options in extra.items():
             sub.add_argument(flag, **options)
@@ -165,6 +187,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     shown = {k: v for k, v in paths.items() if k not in ("plots", "review_reports")}  # lists: in summary.json
     lineage = finetune.summary_line(result.extra)  # where the starting weights came from, when model.init_from
     _print_result(result.metrics, {**shown, "registered": version, "init_from": lineage}, summary)
+    if args.parent_run_id is None:  # under dlforge run, the pipeline prints its own run
+        _print_run_link(cfg, result.run_id, args.items)
     return 0
 
 
@@ -215,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         models=run.registered_models(result),
         mlflow_run_id=result.run_id,
     )
-    _print_pipeline(cfg, result, summary)
+    _print_pipeline(cfg, result, summary, args.items)
     failed = [g for g in compressed["gates"] if not g["passed"]]
     _print_failed_gates(failed, champion)
     return run.exit_code(champion is not None, failed, strict=args.strict)
@@ -228,7 +252,7 @@ def _print_failed_gates(failed: list[dict[str, Any]], champion: str | None) -> N
         print("dlforge: no artifact passed its own gates; nothing registered", file=sys.stderr)
 
 
-def _print_pipeline(cfg: Config, result: Any, summary: Path) -> None:
+def _print_pipeline(cfg: Config, result: Any, summary: Path, items: list[str]) -> None:
     champion = result.champion or {}
     if champion.get("champion"):
         print(f"  champion           {champion['name']} version {champion['champion']} ({champion['model']})")
@@ -237,12 +261,22 @@ def _print_pipeline(cfg: Config, result: Any, summary: Path) -> None:
     elif result.stages["compress"].get("champion"):
         print(f"  champion           {result.stages['compress']['champion']} (tracking off: not registered)")
     _print_result(result.stages["train"]["metrics"], {"report": result.report_html}, summary)
-    if cfg.tracking.enabled:
-        from pipelines.tracking.store import redact_argv
+    _print_run_link(cfg, result.run_id, items)
 
-        shown = redact_argv(sys.argv[2:])
+
+def _print_run_link(cfg: Config, run_id: str | None, items: list[str]) -> None:
+    """The job's MLflow run id and its page; for a local store, the ``dlforge ui`` command (the job's config file
+    and ``tracking.*`` overrides, ``items``) that serves it."""
+    if run_id is None:  # tracking off, or a rank other than 0
+        return
+    from pipelines import tracking
+
+    url = tracking.run_url(cfg, run_id)
+    if url.startswith(tracking.LOCAL_DASHBOARD + "/"):  # a local store: shown once `dlforge ui` serves it
+        shown = tracking.redact_argv(items)
         extra = " ".join(a for a in shown if a.endswith((".yaml", ".yml")) or a.startswith("tracking."))
-        print(f"  dashboard          dlforge ui {extra}".rstrip())
+        url += f"  (serve it: dlforge ui {extra}".rstrip() + ")"
+    print(f"  {'mlflow_run':<18} {run_id}\n  {'dashboard':<18} {url}", flush=True)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -283,6 +317,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     _print_result(
         {f"best {result.metric}": result.best_metric} if result.best_metric is not None else {}, paths, summary
     )
+    _print_run_link(cfg, result.run_id, args.items)
     return 0
 
 
@@ -380,6 +415,8 @@ def _quiet_libraries(command: str) -> None:
     """Keep the terminal for dlforge's own lines; libraries' info chatter goes to debug logs."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # inherited by DDP child processes
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial database tables", "Registered…"
+    # A download bar per file of a model (predict models:/…, compress --teacher models:/…): eight bars for one model
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore")
     if command == "predict":  # ONNX Runtime only: importing Lightning would import torch
         return

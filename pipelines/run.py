@@ -166,11 +166,13 @@ def _mode(trained: dict[str, Any]) -> str:
 
 
 def _report(cfg: Config, stages: dict[str, Any], out: Path, parent: str | None) -> tuple[Path, Path]:
+    from pipelines import front_page
     from pipelines.report import write_reports
 
     md, html = write_reports(cfg, stages, out)
     tracking.log_artifact(parent, md)
     tracking.log_artifact(parent, html)
+    front_page.publish(cfg, parent, stages, out)  # headline metrics, description, links, the report's images
     return md, html
 
 

@@ -254,8 +254,9 @@ class TrainingTrial:
         cfg = trial_config(self.cfg, params, ctx.trial_dir)
         earlier = ctx.load_state().get("run_id")
         tags = {"ray.trial_id": ctx.trial_id, "ray.node_id": ctx.node_id}
+        name = trial_run_name(ctx.trial_id)
         with tracking.job_run(
-            cfg, kind="trial", name=f"trial {ctx.trial_id}", parent_run_id=self.parent_run_id, run_id=earlier, tags=tags
+            cfg, kind="trial", name=name, parent_run_id=self.parent_run_id, run_id=earlier, tags=tags
         ) as run_id:
             if run_id and run_id != earlier:
                 ctx.save_state(run_id=run_id)
@@ -275,6 +276,13 @@ class TrainingTrial:
                 storage_path=str(Path(ctx.trial_dir) / "ray_train"),
                 name=f"trial_{ctx.trial_id}",
             )
+
+
+def trial_run_name(trial_id: str) -> str:
+    """``trial 3`` for Ray's ``ba4f0_00003``: short enough for the runs table's name column (the full id is the
+    run's ``ray.trial_id`` tag; the sweep's parent run already tells sweeps apart)."""
+    number = trial_id.rpartition("_")[2]
+    return f"trial {int(number)}" if number.isdigit() else f"trial {trial_id}"
 
 
 class TrialTimedOut(Exception):

@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
 from dl_lightning.data import DlforgeDataModule, Splits, load_splits
 from dl_lightning.errors import InputError
@@ -214,7 +214,7 @@ def _make_trainer(cfg: Config, callbacks: list[Callback]) -> L.Trainer:
         accumulate_grad_batches=t.accumulate_grad_batches,
         limit_train_batches=_limit(t.limit_train_batches),
         limit_val_batches=_limit(t.limit_val_batches),
-        callbacks=[*callbacks, *([] if interactive else [EpochLine()])],
+        callbacks=[*callbacks, EpochBar() if interactive else EpochLine()],
         plugins=[AtomicCheckpointIO()],  # a full disk or a kill mid-write leaves the previous file whole
         logger=False,  # metrics go to the store through tracking's callback, not a Lightning logger
         default_root_dir=cfg.output_dir,
@@ -272,3 +272,34 @@ class EpochLine(Callback):
         values = "  ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items()))
         took = time.perf_counter() - self._start
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  ({took:.1f}s)", flush=True)
+
+
+class EpochBar(TQDMProgressBar):
+    """Lightning's bar on a terminal, reading ``Epoch 3/6`` (counted from 1, like ``EpochLine``) and showing the
+    last finished epoch's ``train/*`` and ``val/*`` metrics.
+
+    The metrics are read once per epoch (one host sync, as ``EpochLine``), never per batch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown: dict[str, str] = {}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        # Lightning's, less its 0-based "Epoch N" (which it draws before any override could rename it)
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        batches = self.total_train_batches
+        self.train_progress_bar.reset(total=None if batches == float("inf") else batches)
+        self.train_progress_bar.initial = 0
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{total}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        shown = stage_metrics(trainer.callback_metrics)
+        self._shown = {k: f"{v:.4g}" for k, v in sorted(shown.items()) if k != "train/lr"}
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Lightning's items (none without a logger) and the last finished epoch's metrics, as text."""
+        return {**super().get_metrics(trainer, pl_module), **self._shown}

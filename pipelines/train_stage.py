@@ -63,6 +63,7 @@ def train_stage(
     continued = tracking.run_id_from_checkpoint(resume) if cfg.tracking.enabled else None
     run = tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=parent_run_id)
     with guards.sigterm_exits(), run as run_id:
+        _log_dataset(run_id, cfg, splits)
         callbacks = tracking.lightning_callbacks(cfg, run_id)
         result = train(cfg, resume=resume, callbacks=callbacks, run_id=run_id, splits=splits)
         logged = log_train_result(run_id, cfg, result)
@@ -136,6 +137,25 @@ def _review_files(run_id: str, cfg: Config, module: Any, result: TrainResult, fo
         log.warning("review plots failed: %s: %s", type(exc).__name__, exc)
         tracking.set_tags_safely(run_id, {"dlforge.review_error": clip(f"{type(exc).__name__}: {exc}", 2000)})
         return []
+
+
+def _log_dataset(run_id: str | None, cfg: Config, splits: Splits | None) -> None:
+    """The data as the run's dataset inputs (one per split); a failure is a warning: the fit does not need it."""
+    if run_id is None or splits is None:
+        return
+    sizes = {name: len(getattr(splits, name)[0]) for name in ("train", "val", "test")}
+    try:
+        tracking.log_dataset(
+            run_id,
+            name=tracking.dataset_name(cfg.data.source),
+            source=cfg.data.source,
+            digest=splits.spec.fingerprint or "unknown",
+            input_shape=splits.spec.input_shape,
+            dtype=str(splits.train[0].dtype),
+            sizes=sizes,
+        )
+    except Exception as exc:
+        log.warning("logging the dataset failed: %s: %s", type(exc).__name__, exc)
 
 
 def _data_tags(data: dict[str, Any]) -> dict[str, str]:

@@ -261,6 +261,12 @@ def _quiet_tune() -> None:
     # "Started a local Ray instance", "Wrote the latest version of all result files…": info, not for the terminal
     for name in ("ray", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray's notice that token auth is on, as by default: nothing to act on. Its other warnings (auth off) still show.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_auth_notice)
+
+
+def _not_auth_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], job: SweepJob, clock: Callback) -> Any:

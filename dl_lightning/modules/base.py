@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torchmetrics import MeanMetric, MeanSquaredError, Metric, MetricCollection, R2Score
+from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection, R2Score
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -107,10 +107,10 @@ class FamilyModule(L.LightningModule):
 class SupervisedModule(FamilyModule):
     """A net ``self.net`` trained with cross-entropy (classification) or MSE (regression) on ``(x, y)``.
 
-    Logs ``{train,val,test}/loss`` and metrics per epoch: classification ``acc`` (plus ``precision``,
-    ``recall``, ``f1``, ``auroc`` — macro — and ``log_loss`` on val/test), regression ``mse`` (plus ``mae``,
-    ``r2``).
-    ``train/loss`` includes the L1 penalty; val/test losses are the data loss alone.
+    Logs ``{train,val,test}/loss`` and metrics per epoch: classification ``acc`` (plus ``balanced_acc``,
+    ``precision``, ``recall``, ``f1``, ``auroc`` — macro — on val/test), regression ``mse`` (plus ``mae``, ``r2``).
+    ``train/loss`` includes the L1 penalty; val/test losses are the data loss alone — for classification the
+    unweighted cross-entropy, i.e. the log loss, logged once under ``loss``.
     """
 
     net: nn.Module
@@ -213,26 +213,6 @@ class SupervisedModule(FamilyModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 
-class MeanCrossEntropy(Metric):
-    """Log loss: mean ``-log p(true class)`` of probabilities ``(N, K)``."""
-
-    higher_is_better = False
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
-
-    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        p_true = probs.gather(1, target.unsqueeze(1)).clamp_min(1e-12)  # (N, 1)
-        self.total += -p_true.log().sum()
-        self.count += target.numel()
-
-    def compute(self) -> torch.Tensor:
-        return self.total / self.count
-
-
 def classification_metrics(num_classes: int) -> MetricCollection:
     """Metrics over class probabilities ``(N, K)`` and integer targets ``(N,)``."""
     k = num_classes
@@ -244,7 +224,7 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             "recall": MulticlassRecall(k, average="macro"),
             "f1": MulticlassF1Score(k, average="macro"),
             "auroc": MulticlassAUROC(k, average="macro"),
-            "log_loss": MeanCrossEntropy(),
+            # no log_loss: val/test ``loss`` is the unweighted cross-entropy, the same number (logged once)
         }
     )
 

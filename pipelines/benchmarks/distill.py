@@ -227,8 +227,18 @@ def interpretation(rows: list[Row], cases: list[str], c: CompressConfig, n_seeds
         f"on: {', '.join(met) or 'none'}" + (f"; missed on: {', '.join(missed)}." if missed else "."),
         f"- The distilled student holds its teacher within {DROP:g} points on: {', '.join(held) or 'none'}.",
         f"- Room for distillation — teacher minus the stronger from-scratch student, in points: {room}. A teacher "
-        "no better than its student has nothing to teach, so where that is under a point the 0.5-point target asks "
-        "the student to beat its own teacher's accuracy by the difference.",
+        "no better than its student has nothing to teach: where that is under 0.5 points, the target asks the "
+        "distilled student to outscore its own teacher.",
+        *(
+            [
+                "- What the mixed copies give without any teacher — the twin minus the plain student, in points: "
+                + ", ".join(f"{k} {twin[k].value - plain[k].value:+.2f}" for k in cases if k in plain)
+                + ". Where that is large, a gain measured against the plain student would credit the teacher with "
+                "mixup's work; the target is therefore counted against the stronger of the two."
+            ]
+            if plain
+            else []
+        ),
         f"- Recipe (Hinton et al. 2015; Beyer et al. 2022): teacher and student see the same batch, augmented alike; "
         f"{mixup}; the student trains as long as its teacher did (compress.epochs: auto), never stopped early; the "
         f"hard-label term weighs alpha {c.alpha:g}, the soft term (T² · KL at temperature {c.temperature:g}) the "

@@ -44,7 +44,8 @@ def compress(cfg: Config, teacher_ref: str, *, parent_run_id: str | None = None)
     """
     teacher = load_teacher(teacher_ref, cfg)
     registered_key(cfg, teacher)  # a registration that cannot happen fails now, not after the training
-    splits = load_data(cfg)
+    # the data is read as the teacher's family reads it (a 2-D array is a table to an mlp, signals to an rnn)
+    splits = load_data(cfg.with_overrides({"model.family": teacher.family}))
     check_compatible(teacher.spec, splits.spec)
     probe = make_probe(cfg, teacher, splits)
     with tracked(cfg, teacher, parent_run_id) as run_id:

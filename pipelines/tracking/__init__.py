@@ -10,12 +10,14 @@ package imports no stage. Its rooms:
 - ``callback``: ``TrackingCallback``, the Lightning callback sending each epoch's metrics (``step = epoch``, 0-based)
   from a background thread and keeping unsent epochs in each checkpoint.
 - ``registry``: log models (``pt2``, single-file ONNX), register versions, aliases, promotion, download.
+- ``datasets``: the data a training run used, as MLflow dataset inputs (``log_dataset``).
 - ``ui``: the dashboard (``dlforge ui``).
 
 ``from pipelines import tracking`` then ``tracking.<name>`` reaches the names below; new code may import from the
 room itself.
 """
 
+from pipelines.tracking.datasets import log_dataset
 from pipelines.tracking.registry import (
     CANDIDATE,
     ModelVersion,
@@ -57,16 +59,18 @@ from pipelines.tracking.store import (
     redact_uri,
     redacted_config,
     run_tag,
+    set_description,
     set_tags,
     set_tags_safely,
     summary_fields,
     tracking_uri,
 )
-from pipelines.tracking.ui import experiment_url, serve_ui, ui_server_env
+from pipelines.tracking.ui import LOCAL_DASHBOARD, experiment_url, run_url, serve_ui, ui_server_env
 
 __all__ = [
     "CANDIDATE",
     "CHECKPOINT_KEY",
+    "LOCAL_DASHBOARD",
     "ModelVersion",
     "ORPHAN_TAG",
     "TrackingError",
@@ -84,6 +88,7 @@ __all__ = [
     "lightning_callbacks",
     "log_artifact",
     "log_artifacts",
+    "log_dataset",
     "log_metrics",
     "log_model",
     "log_onnx_model",
@@ -100,8 +105,10 @@ __all__ = [
     "resolve_checkpoint",
     "run_id_from_checkpoint",
     "run_tag",
+    "run_url",
     "serve_ui",
     "set_alias",
+    "set_description",
     "set_tags",
     "set_tags_safely",
     "summary_fields",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,8 +79,10 @@ def log_model(
 
 
 def registered_model_name(cfg: Config) -> str:
-    """``<experiment>-<family>``: one registered model per experiment and family."""
-    return f"{cfg.tracking.experiment}-{cfg.model.family}"
+    """One registered model per experiment and family: ``<experiment>-<family>``, or ``<experiment>`` alone when
+    one of its words already is the family (``digits-cnn``, not ``digits-cnn-cnn``)."""
+    experiment, family = cfg.tracking.experiment, cfg.model.family
+    return experiment if family.lower() in re.split(r"[^a-z0-9]+", experiment.lower()) else f"{experiment}-{family}"
 
 
 def register_model(
@@ -153,6 +156,9 @@ def log_onnx_model(
             signature=signature,
             input_example=input_example,
             save_as_external_data=False,  # one file: the external-data default splits small models (mlflow#8522)
+            # The providers dlforge measured and gated the file on. MLflow's default puts CUDA first, and every
+            # load on a machine without it (the input-example check at each log, too) warns that CUDA is missing.
+            onnx_execution_providers=["CPUExecutionProvider"],
             pip_requirements=["onnxruntime", "numpy"],
             metadata=dict(metadata or {}),
         )

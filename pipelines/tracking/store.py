@@ -229,6 +229,12 @@ def set_tags_safely(run_id: str | None, tags: Mapping[str, Any]) -> None:
     _safe(set_tags, run_id, tags)
 
 
+def set_description(run_id: str | None, text: str) -> None:
+    """Set the run's description (MLflow's ``mlflow.note.content`` tag, rendered as markdown on the run page)."""
+    if run_id is not None:
+        _log_batch(_mlflow().MlflowClient(), run_id, tags={"mlflow.note.content": text})
+
+
 def run_tag(run_id: str, key: str) -> str | None:
     """The value of tag ``key`` of run ``run_id`` (None when unset)."""
     return _mlflow().MlflowClient().get_run(run_id).data.tags.get(key)

@@ -7,12 +7,25 @@ import sys
 
 from pipelines import processes
 from pipelines.config import Config
-from pipelines.tracking.store import _artifact_location, _mlflow, connect, redact_uri
+from pipelines.tracking.store import _USED_URI, _artifact_location, _mlflow, connect, redact_uri, tracking_uri
+
+LOCAL_DASHBOARD = "http://127.0.0.1:5000"  # where ``dlforge ui`` serves a local store by default
 
 
 def experiment_url(base: str, experiment_id: str) -> str:
     """The runs table of an experiment (MLflow 3's UI otherwise opens a GenAI overview page)."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+
+
+def run_url(cfg: Config, run_id: str) -> str:
+    """The run's page: on the tracking server, or (local store) where ``dlforge ui`` serves it by default.
+
+    The store this process logged to (after a fallback, the local one); credentials are never in the link.
+    """
+    uri = _USED_URI.get(tracking_uri(cfg)) or tracking_uri(cfg)
+    server = uri.startswith(("http://", "https://"))
+    experiment_id = _mlflow().MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    return f"{experiment_url(redact_uri(uri) if server else LOCAL_DASHBOARD, experiment_id)}/{run_id}"
 
 
 def ui_server_env() -> dict[str, str]:

@@ -1,6 +1,7 @@
 """The command line: resolved config, a real tiny training job, and one clear line + exit 2 for every bad input."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,43 @@ def test_train_writes_checkpoint_summary_and_test_score(cli, tiny, tmp_path):
     assert summary["paths"]["best_checkpoint"].endswith("best.ckpt")
     assert summary["wall_time_s"] > 0
     assert "test/acc" in out
+
+
+def test_version_and_help_are_for_users(capsys, monkeypatch):
+    from pipelines.cli import COMMANDS, main
+    from pipelines.version import dlforge_version
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for flag in ("--version", "--help"):
+        with pytest.raises(SystemExit) as done:
+            main([flag])
+        assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"dlforge {dlforge_version()}\n")
+    assert "the one place that reads argv" not in out  # not the module's developer docstring
+    for name in COMMANDS:  # each command listed with its line of help
+        assert re.search(rf"^    {name} +\S", out, re.MULTILINE), name
+    assert not re.search(r"^ {10,}\S", out, re.MULTILINE)  # no help line wrapped on an 80-column terminal
+
+
+def test_tracked_train_prints_its_run_id_and_dashboard_link(cli, tiny, store):
+    tracked = [a for a in tiny if a != "tracking.enabled=false"] + [f"tracking.uri={store}"]
+    code, out, err = cli("train", "model.family=mlp", "data.source=builtin:iris", *tracked)
+    assert code == 0, err
+    run_id = re.search(r"mlflow_run +([0-9a-f]{32})", out).group(1)
+    link = re.search(r"dashboard +(\S+)", out).group(1)
+    assert link.startswith("http://127.0.0.1:5000/#/experiments/") and link.endswith(f"/runs/{run_id}")
+    assert f"(serve it: dlforge ui tracking.uri={store})" in out
+    from mlflow import MlflowClient
+
+    inputs = MlflowClient(tracking_uri=store).get_run(run_id).inputs.dataset_inputs  # the Dataset column
+    assert len(inputs) == 1 and inputs[0].dataset.name == "iris" and inputs[0].dataset.digest
+    tags = {t.key: t.value for t in inputs[0].tags}
+    assert (
+        tags["mlflow.data.context"] == "training"
+        and sum(int(tags[f"rows.{k}"]) for k in ("train", "val", "test")) == 150
+    )
+    assert '"x"' in inputs[0].dataset.schema and "builtin:iris" in inputs[0].dataset.source
 
 
 def test_same_seed_same_metrics(cli, tiny, tmp_path):

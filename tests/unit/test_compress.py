@@ -319,6 +319,7 @@ def test_passing_models_are_logged_and_the_shipped_one_registered(store, tmp_pat
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+    assert "Downloading artifacts" not in done.stderr + done.stdout  # MLflow's download bar stays off
     assert (pd.read_csv(tmp_path / "p.csv")["prediction"] == np.array(["a", "b", "c"])[expected.argmax(1)]).all()
 
 
@@ -443,9 +444,7 @@ def test_a_gate_without_guards_holds_back_every_artifact():
 def _fake_compress(tmp_path, monkeypatch, gates, champion):
     row = Row("teacher fp32 (PyTorch)", "pytorch", 10, 40, 0.9, LATENCY)
     files = {k: str(tmp_path / v) for k, v in FILES.items()}
-    result = CompressResult(
-        str(tmp_path), "test/acc", [row], gates, files, "r.md", "r.json", None, champion=champion
-    )
+    result = CompressResult(str(tmp_path), "test/acc", [row], gates, files, "r.md", "r.json", None, champion=champion)
     monkeypatch.setattr(stage, "compress", lambda cfg, teacher: result)
 
 
@@ -585,3 +584,18 @@ def test_ensemble_teacher_softmax_is_the_members_mean_softened_distribution():
     mean = (torch.softmax(a(x) / 3.0, 1) + torch.softmax(b(x) / 3.0, 1)) / 2  # (5, 4)
     assert torch.allclose(torch.softmax(ensemble(x) / 3.0, 1), mean, atol=1e-6)
     assert not list(ensemble.parameters())  # members are frozen outside: never trained, never saved
+
+
+def test_compress_reads_the_data_as_the_teachers_family_does(cli, tiny, tmp_path):
+    # an mlp teacher of a table; compress is then called without model.family (default cnn, which would read the
+    # same table as signals) and must still find the data compatible with its teacher
+    table = ["data.source=builtin:wine", "model.family=mlp"]
+    code, _, err = cli("train", *table, *tiny)
+    assert code == 0, err
+    teacher = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    out = f"output_dir={tmp_path / 'compressed'}"
+    code, _, err = cli(
+        "compress", "data.source=builtin:wine", *tiny, out, "compress.epochs=0", "--teacher", str(teacher)
+    )
+    assert "the teacher was trained on data" not in err
+    assert (tmp_path / "compressed" / "onnx").is_dir(), err

@@ -188,7 +188,7 @@ def test_fit_and_test_log_stage_metrics(fitted) -> None:
         expected_val = {"train/d_loss", "train/g_loss", "val/d_loss", "val/g_loss", "val/d_acc"}
         expected_test = {"test/d_loss", "test/g_loss"}
     elif task == "classification":
-        names = ("acc", "precision", "recall", "f1", "auroc", "log_loss")
+        names = ("acc", "precision", "recall", "f1", "auroc")
         expected_val = {"train/loss", "train/acc", "val/loss", *(f"val/{n}" for n in names)}
         expected_test = {"test/loss", *(f"test/{n}" for n in names)}
     else:
@@ -196,6 +196,7 @@ def test_fit_and_test_log_stage_metrics(fitted) -> None:
         expected_test = {"test/loss", "test/mse", "test/mae", "test/r2"}
     assert expected_val <= set(val_metrics), sorted(val_metrics)
     assert expected_test <= set(test_metrics), sorted(test_metrics)
+    assert not any(name.endswith("log_loss") for name in {*val_metrics, *test_metrics})  # it is val/test loss
     monitor, _ = monitor_for(family, task)
     assert monitor is None or monitor in val_metrics
     assert all(torch.isfinite(v) for k, v in val_metrics.items() if "loss" in k)

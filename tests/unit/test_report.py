@@ -154,6 +154,25 @@ def test_every_file_run_writes_is_listed_under_paths(cli, tiny, tmp_path, reques
     assert models["teacher-int8"]["uri"].startswith("models:/dlforge-mlp-onnx/")
     assert {"candidate", "champion", "int8"} <= set(models["teacher-int8"]["aliases"])
     assert "review_reports" in summary["paths"] and "plots" in summary["paths"]  # review files, tracking on
+    _check_front_page(request.getfixturevalue("store"), summary)
+
+
+def _check_front_page(store: str, summary: dict) -> None:
+    """The parent run holds the headline, its description, links to its children and the report's images."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    parent = client.get_run(summary["mlflow_run_id"])
+    metrics, tags = parent.data.metrics, parent.data.tags
+    assert {"teacher/acc", "int8/acc", "champion/acc", "champion/size_mb", "champion/latency_b1_ms"} <= set(metrics)
+    assert tags["dlforge.champion"] == "teacher-int8" and tags["dlforge.champion_model"].startswith("models:/")
+    assert "**Champion:** teacher-int8" in tags["mlflow.note.content"]
+    children = {tags["dlforge.train_run_id"], tags["dlforge.compress_run_id"]}
+    assert all(client.get_run(c).data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    report = [line for line in Path(summary["paths"]["report_md"]).read_text().splitlines() if line.startswith("![")]
+    linked = {line.split("](")[1].rstrip(")") for line in report}
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "train/review")}
+    assert linked and linked <= logged  # every image report.md links is in the same run
 
 
 def test_sweep_paths_list_the_best_config():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -383,6 +384,30 @@ def test_resolve_checkpoint_from_a_run_id_or_a_registry_alias(cfg, tmp_path):
         tracking.resolve_checkpoint("models:/nope@candidate", cfg)
 
 
+@pytest.mark.parametrize(
+    ("experiment", "family", "name"),
+    [("digits-cnn", "cnn", "digits-cnn"), ("dlforge", "mlp", "dlforge-mlp"), ("digits-gru", "rnn", "digits-gru-rnn")],
+)
+def test_registered_names_do_not_repeat_the_family(experiment, family, name):
+    cfg = build_config({}, {"tracking.experiment": experiment, "model.family": family})
+    assert tracking.registered_model_name(cfg) == name
+
+
+def test_trial_run_names_fit_the_runs_table():
+    from pipelines.sweep import trial_run_name
+
+    assert trial_run_name("ba4f0_00003") == "trial 3" and trial_run_name("odd") == "trial odd"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_onnx_model_logs_as_one_file_and_round_trips(cfg, tmp_path):
     import mlflow
 
@@ -393,12 +418,16 @@ def test_onnx_model_logs_as_one_file_and_round_trips(cfg, tmp_path):
     )
     x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
     expected = net(torch.from_numpy(x)).detach().numpy()
+    warned = _Records()
+    logging.getLogger("mlflow.onnx").addHandler(warned)  # mlflow's loggers do not propagate to caplog's root
     with tracking.job_run(cfg, kind="export") as run_id:
         uri = tracking.log_onnx_model(run_id, path, name="onnx", input_example=x[:2], output_example=expected[:2])
         tracking.register_model(uri, name="onnx-net", run_id=run_id, alias="int8")
     local = tracking.download_onnx("models:/onnx-net@int8", cfg, dest=tmp_path / "dl")
     assert local.suffix == ".onnx" and [p.suffix for p in local.parent.iterdir() if p.is_file()].count(".onnx") == 1
     predicted = mlflow.pyfunc.load_model("models:/onnx-net@int8").predict(x)
+    logging.getLogger("mlflow.onnx").removeHandler(warned)
+    assert not [r.getMessage() for r in warned.records if r.levelno >= logging.WARNING]  # no "CUDA unavailable"
     predicted = next(iter(predicted.values())) if isinstance(predicted, dict) else predicted
     np.testing.assert_allclose(np.asarray(predicted), expected, rtol=1e-5, atol=1e-6)
 

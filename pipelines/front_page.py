@@ -1,0 +1,127 @@
+"""The pipeline's parent run as the front page of a job: headline metrics, a description, links and report images.
+
+A reviewer lands on the parent run (the one collapsed row of the runs table). It gets, under stable names so the
+runs table can show them as columns and runs compare across jobs:
+
+- metrics ``teacher/<m>``, ``int8/<m>``, ``student/<m>``, ``champion/<m>`` (``<m>``: the test metric's leaf, ``acc``
+  or ``mse``), ``<same>/size_mb`` and ``<same>/latency_b1_ms`` (batch-1 p50, one thread), ``gates/passed`` and
+  ``gates/failed`` (counts);
+- tags ``dlforge.champion`` (artifact), ``dlforge.champion_model`` (``models:/NAME/VERSION``),
+  ``dlforge.gates_failed``, ``dlforge.<stage>_run_id`` for each child run;
+- a markdown description (MLflow's run description) naming the champion and the gates;
+- the images ``report.md`` links, under the same relative paths, so the report reads right inside the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipelines import tracking
+from pipelines.config import Config
+
+# Headline name → compress row key (fallbacks in order): the shipped file of each kind.
+ROLES = {
+    "teacher": ("teacher_fp32_pytorch",),
+    "int8": ("teacher_int8_onnx",),
+    "student": ("student_fp32_onnx", "student_fp32_pytorch"),
+}
+# Artifact key (``CompressResult.files``) → the row that measured it.
+ARTIFACT_ROWS = {
+    "teacher": "teacher_fp32_onnx",
+    "teacher-int8": "teacher_int8_onnx",
+    "student": "student_fp32_onnx",
+    "student-int8": "student_int8_onnx",
+}
+
+
+def publish(cfg: Config, parent: str | None, stages: dict[str, Any], out: Path) -> None:
+    """Log the headline metrics, tags, description and report images to the parent run; nothing when it is None."""
+    if parent is None:
+        return
+    tracking.log_metrics(parent, headline_metrics(stages))
+    tracking.set_tags(parent, headline_tags(stages))
+    tracking.set_description(parent, description(cfg, stages))
+    for image in report_images(cfg, stages, out):
+        folder = image.relative_to(out).parent if image.is_relative_to(out) else Path("images")
+        tracking.log_artifact(parent, image, None if str(folder) == "." else str(folder))
+
+
+def headline_metrics(stages: dict[str, Any]) -> dict[str, float]:
+    """Metrics of the teacher, its INT8 file, the student and the champion; gate counts. Absent rows are left out."""
+    compress, leaf = stages["compress"], metric_leaf(stages)
+    rows = {row.get("key"): row for row in compress.get("rows", [])}
+    metrics: dict[str, float] = {}
+    for role, keys in ROLES.items():
+        metrics |= _row_metrics(role, leaf, next((rows[k] for k in keys if k in rows), None))
+    metrics |= _row_metrics("champion", leaf, rows.get(ARTIFACT_ROWS.get(champion_artifact(stages) or "", "")))
+    gates = compress.get("gates", [])
+    passed = sum(bool(g["passed"]) for g in gates)
+    return metrics | {"gates/passed": float(passed), "gates/failed": float(len(gates) - passed)}
+
+
+def metric_leaf(stages: dict[str, Any]) -> str:
+    """The test metric's last part (``acc``, ``mse``; ``metric`` when the stage measured none, as for the GAN)."""
+    return (stages["compress"].get("metric") or "metric").split("/")[-1]
+
+
+def _row_metrics(role: str, leaf: str, row: dict[str, Any] | None) -> dict[str, float]:
+    if row is None:
+        return {}
+    metrics = {f"{role}/size_mb": row["size_bytes"] / 1e6, f"{role}/latency_b1_ms": row["latency_ms"]["b1_p50"]}
+    return metrics | ({f"{role}/{leaf}": float(row["metric"])} if row.get("metric") is not None else {})
+
+
+def champion_artifact(stages: dict[str, Any]) -> str | None:
+    """The shipped artifact: the one promoted in the registry, else the compress stage's choice."""
+    promote = stages.get("promote") or {}
+    return promote.get("model") or (None if promote.get("champion") else stages["compress"].get("champion"))
+
+
+def champion_uri(stages: dict[str, Any]) -> str | None:
+    """``models:/NAME/VERSION`` of the promoted champion, or None when nothing was promoted."""
+    promote = stages.get("promote") or {}
+    return f"models:/{promote['name']}/{promote['champion']}" if promote.get("champion") else None
+
+
+def headline_tags(stages: dict[str, Any]) -> dict[str, str]:
+    """Champion, its registry version, failed gates and the child runs' ids; empty values left out."""
+    failed = [g["name"] for g in stages["compress"].get("gates", []) if not g["passed"]]
+    tags = {
+        "dlforge.champion": champion_artifact(stages) or "none",
+        "dlforge.champion_model": champion_uri(stages),
+        "dlforge.gates_failed": ", ".join(failed) or "none",
+        "dlforge.sweep_run_id": (stages.get("sweep") or {}).get("run_id"),
+        "dlforge.train_run_id": stages["train"].get("mlflow_run_id"),
+        "dlforge.compress_run_id": stages["compress"].get("run_id"),
+    }
+    return {k: str(v) for k, v in tags.items() if v}
+
+
+def description(cfg: Config, stages: dict[str, Any]) -> str:
+    """A short markdown summary of the job: what ran, the champion, the headline numbers and the gates."""
+    metrics, leaf = headline_metrics(stages), metric_leaf(stages)
+    champion, uri = champion_artifact(stages), champion_uri(stages)
+    lines = [f"**dlforge pipeline**: {cfg.model.family} on `{cfg.data.source}`.", ""]
+    lines.append(f"**Champion:** {champion}" + (f" (`{uri}`)" if uri else "") if champion else "**Champion:** none")
+    lines += ["", f"| | {leaf} | size (MB) | latency b1 (ms) |", "|---|---|---|---|"]
+    for role in (*ROLES, "champion"):
+        if f"{role}/size_mb" in metrics:  # every measured row has a size and a latency
+            metric = metrics.get(f"{role}/{leaf}")
+            shown = "—" if metric is None else f"{metric:.4g}"
+            size, latency = metrics[f"{role}/size_mb"], metrics[f"{role}/latency_b1_ms"]
+            lines.append(f"| {role} | {shown} | {size:.3g} | {latency:.3g} |")
+    return "\n".join([*lines, "", _gates_line(stages), "", "Full report: `report.md` / `report.html` (artifacts)."])
+
+
+def _gates_line(stages: dict[str, Any]) -> str:
+    gates = stages["compress"].get("gates", [])
+    shown = ", ".join(f"{'✓' if g['passed'] else '✗'} {g['name']}" for g in gates)
+    return f"**Gates:** {sum(bool(g['passed']) for g in gates)}/{len(gates)} passed" + (f": {shown}" if shown else "")
+
+
+def report_images(cfg: Config, stages: dict[str, Any], out: Path) -> list[Path]:
+    """The image files ``report.md`` links (those that exist)."""
+    from pipelines.report import report_blocks
+
+    return [Path(value) for kind, value in report_blocks(cfg, stages) if kind == "img" and Path(value).is_file()]

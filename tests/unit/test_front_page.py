@@ -1,0 +1,87 @@
+"""The pipeline's parent run is the front page: headline metrics, description, links and report images, read back
+from a real sqlite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines import front_page, tracking
+from pipelines.config import Config, build_config
+
+
+def _row(key: str, metric: float, size: int, latency: float) -> dict:
+    lat = {"b1_p50": latency, "b1_p95": latency * 2, "b64_p50": 1.0, "b64_p95": 2.0}
+    row = {"model": key, "key": key, "params": 10, "size_bytes": size, "metric": metric, "latency_ms": lat}
+    return row | {"parity_max_abs_diff": None}
+
+
+def _stages(tmp_path: Path) -> dict:
+    png = tmp_path / "train" / "review" / "confusion_matrix.png"
+    png.parent.mkdir(parents=True)
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    rows = [
+        _row("teacher_fp32_pytorch", 0.97, 400_000, 0.5),
+        _row("teacher_fp32_onnx", 0.97, 380_000, 0.3),
+        _row("teacher_int8_onnx", 0.965, 100_000, 0.2),
+        _row("student_fp32_onnx", 0.95, 90_000, 0.1),
+    ]
+    gates = [
+        {"name": "teacher INT8 drop", "passed": True, "detail": "0.5 points", "guards": ["teacher-int8"]},
+        {"name": "student drop", "passed": False, "detail": "2 points", "guards": ["student"]},
+    ]
+    return {
+        "train": {
+            "metrics": {"test/acc": 0.97},
+            "config": {"output_dir": str(tmp_path / "train")},
+            "mlflow_run_id": "t1",
+        },
+        "compress": {"metric": "test/acc", "rows": rows, "gates": gates, "champion": "teacher-int8", "run_id": "c1"},
+        "promote": {"name": "digits-cnn-onnx", "champion": "3", "model": "teacher-int8", "versions": []},
+    }
+
+
+@pytest.fixture
+def cfg(store: str, tmp_path: Path) -> Config:
+    return build_config({}, {"tracking.uri": store, "output_dir": str(tmp_path / "out"), "model.family": "cnn"})
+
+
+def test_headline_metrics_have_stable_names(tmp_path):
+    metrics = front_page.headline_metrics(_stages(tmp_path))
+    assert metrics["teacher/acc"] == 0.97 and metrics["int8/acc"] == 0.965 and metrics["student/acc"] == 0.95
+    assert metrics["champion/acc"] == 0.965  # the champion is the INT8 file
+    assert metrics["champion/size_mb"] == pytest.approx(0.1) and metrics["champion/latency_b1_ms"] == 0.2
+    assert metrics["gates/passed"] == 1 and metrics["gates/failed"] == 1
+
+
+def test_parent_run_carries_the_headline(cfg, store, tmp_path):
+    out = tmp_path / "run"
+    stages = _stages(out)
+    with tracking.job_run(cfg, kind="pipeline", name="pipeline cnn digits") as parent:
+        front_page.publish(cfg, parent, stages, out)
+    run = MlflowClient(tracking_uri=store).get_run(parent)
+    assert run.data.metrics["champion/acc"] == 0.965 and run.data.metrics["gates/failed"] == 1
+    tags = run.data.tags
+    assert tags["dlforge.champion"] == "teacher-int8"
+    assert tags["dlforge.champion_model"] == "models:/digits-cnn-onnx/3"
+    assert tags["dlforge.gates_failed"] == "student drop"
+    assert tags["dlforge.train_run_id"] == "t1" and tags["dlforge.compress_run_id"] == "c1"
+    note = tags["mlflow.note.content"]
+    assert "**Champion:** teacher-int8 (`models:/digits-cnn-onnx/3`)" in note
+    assert "1/2 passed" in note and "✗ student drop" in note and "| int8 | 0.965 |" in note
+    listed = MlflowClient(tracking_uri=store).list_artifacts(parent, "train/review")
+    assert [a.path for a in listed] == ["train/review/confusion_matrix.png"]  # where report.md links it
+
+
+def test_nothing_is_published_with_tracking_off(tmp_path):
+    front_page.publish(Config(), None, _stages(tmp_path), tmp_path)  # no run, no store: no error
+
+
+def test_no_champion_says_so(tmp_path):
+    stages = _stages(tmp_path)
+    stages["compress"]["champion"], stages["promote"] = None, {"name": "x", "champion": None, "versions": []}
+    assert front_page.headline_tags(stages)["dlforge.champion"] == "none"
+    assert "**Champion:** none" in front_page.description(Config(), stages)
+    assert not any(k.startswith("champion/") for k in front_page.headline_metrics(stages))
