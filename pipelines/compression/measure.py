@@ -75,14 +75,20 @@ def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+def _latencies(time_batch: Callable[[np.ndarray], tuple[float, float]], probe: Probe) -> dict[str, float]:
+    """``b<N>_p50`` / ``b<N>_p95`` in ms for each batch size of the report, timed by ``time_batch``."""
+    latency: dict[str, float] = {}
+    for b in LATENCY_BATCHES:
+        p50, p95 = time_batch(probe.batch(b))
+        latency |= {f"b{b}_p50": p50, f"b{b}_p95": p95}
+    return latency
+
+
 def measure_torch(cfg: Config, name: str, key: str, net: nn.Module, probe: Probe) -> Row:
     """The row of ``net`` run eagerly in PyTorch: parameters, state-dict bytes, test metric, latency."""
     outputs = export.run_torch(net, probe.test_x)
     metric = None if probe.test_y is None else score(outputs, probe.test_y, probe.task)
-    latency = {}
-    for b in LATENCY_BATCHES:
-        p50, p95 = torch_latency(net, probe.batch(b), cfg.compress.latency_repeats)
-        latency |= {f"b{b}_p50": p50, f"b{b}_p95": p95}
+    latency = _latencies(lambda x: torch_latency(net, x, cfg.compress.latency_repeats), probe)
     size = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     return Row(name, "pytorch", count_params(net), size, metric, latency, key=key)
 
@@ -92,10 +98,7 @@ def measure_onnx(cfg: Config, name: str, key: str, path: Path, params: int, prob
     session = export.open_session(path, threads=1)
     outputs = export.run_session(session, probe.test_x)
     metric = None if probe.test_y is None else score(outputs, probe.test_y, probe.task)
-    latency = {}
-    for b in LATENCY_BATCHES:
-        p50, p95 = onnx_latency(session, probe.batch(b), cfg.compress.latency_repeats)
-        latency |= {f"b{b}_p50": p50, f"b{b}_p95": p95}
+    latency = _latencies(lambda x: onnx_latency(session, x, cfg.compress.latency_repeats), probe)
     return Row(name, "onnxruntime", params, path.stat().st_size, metric, latency, parity, str(path), key)
 
 
