@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,7 +70,11 @@ def _run_stages(cfg: Config, ledger: StageLedger, parent: str | None, out: Path,
 
     stages: dict[str, Any] = {}
     if cfg.tune.enabled:
-        stages["sweep"] = timed("sweep", stage_key(cfg.to_dict()), lambda: sweep_stage(cfg, out / "sweep", parent))
+        sweep_key = stage_key(cfg.to_dict())
+        resume_sweep = ledger.started_with("sweep", sweep_key)
+        stages["sweep"] = timed(
+            "sweep", sweep_key, lambda: sweep_stage(cfg, out / "sweep", parent, key=sweep_key, resume=resume_sweep)
+        )
     best = cfg.with_overrides(stages["sweep"]["best_overrides"]) if "sweep" in stages else cfg
     train_key = stage_key(best.to_dict())
     resume = ledger.started_with("train", train_key)
@@ -86,10 +91,24 @@ def _run_stages(cfg: Config, ledger: StageLedger, parent: str | None, out: Path,
 # ---------------------------------------------------------------- stages
 
 
-def sweep_stage(cfg: Config, out: Path, parent: str | None) -> dict[str, Any]:
-    from pipelines.sweep import format_table, sweep
+def sweep_stage(cfg: Config, out: Path, parent: str | None, *, key: str, resume: bool) -> dict[str, Any]:
+    """The sweep in ``<out>/tune/sweep-<key>``: named by its inputs, so an interrupted pipeline finds it again.
 
-    result = sweep(cfg.with_overrides({"output_dir": str(out)}), parent_run_id=parent)
+    ``resume``: this stage was interrupted with the same config; its finished trials are kept and unfinished ones
+    continue from their checkpoints (the folder is verified as dlforge's own before Ray reads it).
+    """
+    from pipelines.sweep import experiment_path, format_table, sweep
+    from tune.sweep import is_experiment
+
+    staged = cfg.with_overrides({"output_dir": str(out)})
+    name = f"sweep-{key[:12]}"
+    folder = experiment_path(staged, name)
+    if resume and is_experiment(str(folder)):
+        _say(f"continuing the interrupted sweep in {folder}")
+        result = sweep(staged, resume=str(folder), parent_run_id=parent)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)  # left by a run this ledger no longer continues (--force)
+        result = sweep(staged, parent_run_id=parent, experiment=name)
     print(format_table(result), flush=True)
     if result.best_trial is None:
         raise StageFailed("the sweep finished no trial; see the trials table above")

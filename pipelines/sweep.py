@@ -161,20 +161,23 @@ def _single_process() -> dict[str, Any]:
 # ---------------------------------------------------------------- the stage
 
 
-def sweep(cfg: Config, *, resume: str | None = None, parent_run_id: str | None = None) -> SweepResult:
+def sweep(
+    cfg: Config, *, resume: str | None = None, parent_run_id: str | None = None, experiment: str | None = None
+) -> SweepResult:
     """Run the sweep of ``cfg.tune`` (or continue the one in ``resume``) and write its outputs.
 
     Args:
         resume: the ``experiment_path`` of an interrupted sweep (``cfg`` must be its ``load_sweep_config``): its
             parent run continues, finished trials are kept, unfinished ones go on from their last checkpoint.
         parent_run_id: nest the sweep's run under this one (the pipeline's).
+        experiment: the name of a new sweep's folder under the storage path (default: time-stamped).
     """
     from tune.sweep import run_sweep  # imports Ray: only once the input is known to be good
 
     started = time.perf_counter()
     saved = _load_state(resume) if resume else None
     plan = plan_sweep(cfg)
-    job = sweep_job(cfg, plan, experiment=Path(resume).name if resume else None)
+    job = sweep_job(cfg, plan, experiment=Path(resume).name if resume else experiment)
     run_id = saved["run_id"] if saved else None
     with tracking.job_run(cfg, kind="sweep", name=_run_name(cfg), parent_run_id=parent_run_id, run_id=run_id) as run_id:
         experiment = Path(job.storage_path) / job.name
@@ -199,19 +202,25 @@ def _raise_input_errors(outcome: Any) -> None:
         raise InputError(f"trial {trial_id}: {reason} (every trial refused its input; nothing was retried)")
 
 
+def experiment_path(cfg: Config, name: str) -> Path:
+    """Where the sweep of ``cfg`` named ``name`` keeps Ray's state: ``tune.storage_path`` or ``<output_dir>/tune``."""
+    storage = cfg.tune.storage_path
+    return (Path(storage) if storage else Path(cfg.output_dir) / "tune").absolute() / name
+
+
 def sweep_job(cfg: Config, plan: SweepPlan, *, experiment: str | None = None) -> SweepJob:
     """The sweep as Ray Tune runs it: ``cfg.tune`` as it is, plus the plan's metric, absolute folders, the epoch
     budget, the experiment's name (``experiment``, or a new time-stamped one) and the seed."""
     output = Path(cfg.output_dir).absolute()
-    storage = cfg.tune.storage_path
+    folder = experiment_path(cfg, experiment or time.strftime("sweep-%Y%m%d-%H%M%S"))
     return SweepJob(
         tune=cfg.tune,
         metric=plan.metric,
         mode=plan.mode,
-        storage_path=str(Path(storage).absolute() if storage else output / "tune"),
+        storage_path=str(folder.parent),
         trials_dir=str(output / "trials"),
         max_epochs=cfg.trainer.max_epochs,
-        name=experiment or time.strftime("sweep-%Y%m%d-%H%M%S"),
+        name=folder.name,
         seed=cfg.seed,
     )
 

@@ -276,7 +276,7 @@ class EpochLine(Callback):
 
 class EpochBar(TQDMProgressBar):
     """Lightning's bar on a terminal, reading ``Epoch 3/6`` (counted from 1, like ``EpochLine``) and showing the
-    last finished epoch's ``train/*`` and ``val/*`` metrics.
+    last finished epoch's losses and monitored metric.
 
     The metrics are read once per epoch (one host sync, as ``EpochLine``), never per batch.
     """
@@ -296,8 +296,11 @@ class EpochBar(TQDMProgressBar):
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{total}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        shown = stage_metrics(trainer.callback_metrics)
-        self._shown = {k: f"{v:.4g}" for k, v in sorted(shown.items()) if k != "train/lr"}
+        logged = stage_metrics(trainer.callback_metrics)
+        # The losses and the monitored metric fit one terminal line; EpochLine and the store keep every metric.
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+        shown = {k: v for k, v in logged.items() if k.endswith("loss") or k == monitor} or logged
+        self._shown = {k: f"{v:.4g}" for k, v in sorted(shown.items())}
         super().on_train_epoch_end(trainer, pl_module)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:

@@ -85,3 +85,57 @@ def test_pipeline_killed_after_training_resumes_and_finishes(tmp_path):
             assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     model = client.get_registered_model("pipe-mlp")
     assert set(model.aliases) >= {"candidate", "champion"}
+
+
+def _wait_for_second_trial(sweep_dir, proc, limit=600):
+    """Block until a second trial has reported an epoch (so the first has finished: one trial at a time)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        reported = [p for p in sweep_dir.glob("*/tune/sweep-*/*/result.json") if p.stat().st_size > 0]
+        if len(reported) >= 2:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no second trial reported (exit {proc.poll()})")
+
+
+def test_pipeline_killed_during_the_sweep_keeps_its_finished_trial(tmp_path):
+    args = [
+        "run",
+        "model.family=mlp",
+        "data.source=builtin:breast_cancer",
+        f"output_dir={tmp_path / 'out'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.experiment=pipe",
+        "tune.num_samples=2",
+        "tune.max_concurrent=1",
+        "tune.scheduler=fifo",
+        "trainer.max_epochs=6",
+        "trainer.accelerator=cpu",
+        "compress.epochs=0",
+        "compress.latency_repeats=3",
+    ]
+    command = [sys.executable, "-m", "pipelines", *args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    first = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for_second_trial(tmp_path / "out", first)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "continuing the interrupted sweep" in second.stdout
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pipe")
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("dlforge.kind") == "trial"]
+    sweeps = [r for r in runs if r.data.tags.get("dlforge.kind") == "sweep"]
+    assert len(sweeps) == 1 and len(trials) == 2  # the finished trial was kept, not trained again
+    for trial in trials:  # each trial's history holds each epoch once
+        steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val/loss")]
+        assert sorted(steps) == sorted(set(steps)), steps
+    assert all(r.info.status != "RUNNING" for r in runs)

@@ -22,6 +22,7 @@ class _Tiny(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         self.log("val/loss", self.net(batch[0]).square().mean(), on_epoch=True)
+        self.log("val/other", 1.0, on_epoch=True)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -47,7 +48,8 @@ def test_the_bar_counts_epochs_from_one_and_shows_the_metrics(capsys):
     _fit(bar, 3)
     shown = "".join(capsys.readouterr())  # Lightning's bars write to stdout
     assert "Epoch 3/3" in shown and "Epoch 0" not in shown
-    assert "train/loss=" in shown and "val/loss=" in shown  # the finished epoch's metrics
+    assert "train/loss=" in shown and "val/loss=" in shown  # the finished epoch's losses
+    assert "val/other" not in shown  # not monitored: on the plain line and in the store, not on one terminal line
 
 
 def test_the_plain_line_counts_epochs_from_one(capsys):
