@@ -7,6 +7,7 @@ difference between the two is the teacher's.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,14 @@ from dl_lightning.registry import build_model
 from pipelines.compression.measure import count_params
 from pipelines.compression.teacher import Teacher
 from pipelines.config import Config
+from pipelines.guards import newest_checkpoint
+from pipelines.ledger import stage_key
+from pipelines.outputs import write_text_atomic
 from pipelines.train import fit_module, optim_settings
 
 WIDTH_KEYS = ("hidden", "channels", "hidden_size", "embed_dim", "d_model", "dim_feedforward", "width")
+
+INPUTS_FILE = "inputs.key"  # beside a student fit: the hash of what it was trained from
 
 
 def student_epochs(cfg: Config, teacher: Teacher) -> int:
@@ -88,13 +94,15 @@ def train_students(
     """
     c = cfg.compress
     fit_cfg = student_fit_config(cfg, teacher, family)
+    inputs = stage_key(fit_cfg.to_dict(), arch, family, _fingerprint(teacher.checkpoint))
     distilled = _build_student(fit_cfg, teacher, family, arch)
     module = DistillModule(distilled, teacher.module, teacher.spec.task, c.alpha, c.temperature, c.mixup)
-    _fit(fit_cfg, module, splits, "student")
+    _fit(fit_cfg, module, splits, "student", inputs)
     if not c.scratch:
         return distilled, None
     scratch = _build_student(fit_cfg, teacher, family, arch)
-    _fit(fit_cfg, DistillModule(scratch, None, teacher.spec.task, c.alpha, c.temperature, c.mixup), splits, "scratch")
+    twin = DistillModule(scratch, None, teacher.spec.task, c.alpha, c.temperature, c.mixup)
+    _fit(fit_cfg, twin, splits, "scratch", inputs)
     return distilled, scratch
 
 
@@ -122,8 +130,10 @@ def _build_student(fit_cfg: Config, teacher: Teacher, family: str, arch: dict[st
     return build_model(family, teacher.spec, arch, optim_settings(fit_cfg))
 
 
-def _fit(cfg: Config, module: L.LightningModule, splits: Splits, name: str) -> None:
-    fit_cfg = cfg.with_overrides({"output_dir": str(Path(cfg.output_dir).absolute() / name)})
+def _fit(cfg: Config, module: L.LightningModule, splits: Splits, name: str, inputs: str) -> None:
+    folder = Path(cfg.output_dir).absolute() / name
+    fit_cfg = cfg.with_overrides({"output_dir": str(folder)})
+    resume = _continuable(folder, inputs)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = DlforgeDataModule(
         splits,
@@ -133,5 +143,29 @@ def _fit(cfg: Config, module: L.LightningModule, splits: Splits, name: str) -> N
     )
     # the last epoch's weights, not the best-validated ones: picking a checkpoint on a small validation split is early
     # stopping by another name, and a student gains late (patience, Beyer et al. 2022); twins are treated alike
-    fit_module(fit_cfg, module, datamodule, splits.spec.task, test=False)
+    fit_module(fit_cfg, module, datamodule, splits.spec.task, test=False, resume=resume)
     module.eval()
+
+
+def _continuable(folder: Path, inputs: str) -> str | None:
+    """The last checkpoint of an interrupted fit of the same ``inputs`` in ``folder``, or None for a fresh start.
+
+    A compress stopped during a student's fit (a killed pipeline, a preempted job) continues it on the next call
+    instead of training again from epoch 0; a finished fit is only reloaded. A folder left by other inputs is
+    cleared, so no stale checkpoint is ever continued.
+    """
+    stamp = folder / INPUTS_FILE
+    if stamp.is_file() and stamp.read_text() == inputs:
+        found = newest_checkpoint(folder / "checkpoints", folder)
+        if found is not None:
+            print(f"dlforge: continuing the interrupted {folder.name} fit from {found.name}", flush=True)
+            return str(found)
+    shutil.rmtree(folder, ignore_errors=True)
+    write_text_atomic(stamp, inputs)
+    return None
+
+
+def _fingerprint(path: str) -> str:
+    """Which teacher file (path, size, modification time): cheap, and changes whenever the teacher is retrained."""
+    stat = Path(path).stat()
+    return f"{Path(path).absolute()}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -599,3 +599,32 @@ def test_compress_reads_the_data_as_the_teachers_family_does(cli, tiny, tmp_path
     )
     assert "the teacher was trained on data" not in err
     assert (tmp_path / "compressed" / "onnx").is_dir(), err
+
+
+def test_an_interrupted_or_finished_student_fit_is_continued_not_trained_again(cli, tiny, tmp_path, capsys):
+    from pipelines.config import load_config
+    from pipelines.train import load_data
+
+    table = ["data.source=builtin:wine", "model.family=mlp"]
+    assert cli("train", *table, *tiny)[0] == 0
+    teacher = load_teacher(str(tmp_path / "out" / "checkpoints" / "last.ckpt"))
+    cfg = load_config(
+        None, [*table, *tiny, f"output_dir={tmp_path / 'c'}", "compress.epochs=2", "compress.scratch=false"]
+    )
+    splits = load_data(cfg)
+    family, arch = students.sized_student_arch(cfg, teacher)
+
+    first, _ = students.train_students(cfg, teacher, splits, family, arch)
+    last = tmp_path / "c" / "student" / "checkpoints" / "last.ckpt"
+    written = last.stat().st_mtime_ns
+    capsys.readouterr()
+    again, _ = students.train_students(cfg, teacher, splits, family, arch)  # same inputs: reloaded, not retrained
+    assert "continuing the interrupted student fit" in capsys.readouterr().out
+    assert last.stat().st_mtime_ns == written
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    other = cfg.with_overrides({"compress.temperature": 3.0})  # other inputs: the old fit is cleared, not continued
+    students.train_students(other, teacher, splits, family, arch)
+    assert "continuing" not in capsys.readouterr().out
+    assert last.stat().st_mtime_ns != written
