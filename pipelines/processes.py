@@ -49,7 +49,17 @@ class OutputDirBusy(InputError):
 
 
 def started_at(pid: int) -> str | None:
-    """When process ``pid`` started (seconds since the epoch, 2 decimals), or None when there is no such process."""
+    """When process ``pid`` started, as an opaque stable string, or None when there is no such process.
+
+    On Linux it is the start time in clock ticks after boot from ``/proc/<pid>/stat``: exact. An epoch time
+    (psutil's ``create_time``) adds the kernel's boot-time estimate, which can move by a second between two reads —
+    enough to take a live parent for a new process with a reused PID, and kill a healthy child.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return f"ticks:{fields[19]}"  # field 22 of stat(5); the split starts at field 3
+    except (OSError, IndexError):
+        pass
     import psutil
 
     try:
@@ -74,7 +84,7 @@ def alive(pid: int, started: str | None = None) -> bool:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        return not started or f"{process.create_time():.2f}" == started
+        return not started or started_at(pid) == started
     except psutil.NoSuchProcess:
         return False
     except psutil.Error:

@@ -17,6 +17,7 @@ import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback
 
 from dl_lightning.errors import InputError
+from dl_lightning.metrics import epoch_metrics
 
 CHECKPOINT_FILE = "last.ckpt"
 _REPORT_VIA_TRAIN = False  # set in Ray Train workers: there every rank reports to Train, which forwards to Tune
@@ -49,13 +50,12 @@ class EpochReporter(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = epoch_metrics(trainer.callback_metrics)
+        # the same names and the same 0-based epoch as MLflow; the live lr, which after a PBT restore must be the
+        # trial's, not the donor's. Ray counts finished epochs itself (training_iteration).
+        metrics: dict[str, Any] = {k: _finite_or_nan(v) for k, v in epoch_metrics(trainer).items()}
         if self.metric not in metrics:
-            known = ", ".join(sorted(metrics)) or "none"
+            known = ", ".join(sorted(m for m in metrics if m.startswith(("train/", "val/")))) or "none"
             raise InputError(f"tune.metric={self.metric} is never logged by training; logged: {known}")
-        metrics["epoch"] = trainer.current_epoch + 1
-        if trainer.optimizers:  # the live lr: after a PBT restore it must be the trial's, not the donor's
-            metrics["train/lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         metrics.update(self.extra)
         if not self.checkpoint:
             _report(metrics, None)
@@ -126,15 +126,9 @@ def trial_callbacks(
     ]
 
 
-def epoch_metrics(logged: Mapping[str, Any]) -> dict[str, float]:
-    """``train/…`` and ``val/…`` scalars as floats (non-finite values kept: a diverged trial must look bad)."""
-    out: dict[str, float] = {}
-    for name, value in logged.items():
-        if not name.startswith(("train/", "val/")):
-            continue
-        number = float(value.item() if hasattr(value, "item") else value)
-        out[name] = number if math.isfinite(number) else float("nan")
-    return out
+def _finite_or_nan(value: float) -> float:
+    """Inf reported as NaN: a diverged trial must look bad to every scheduler, whichever way its metric points."""
+    return value if math.isfinite(value) else float("nan")
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
