@@ -7,8 +7,9 @@ Regression: ``α · MSE(student, y) + (1 − α) · MSE(student, teacher)``; the
 Following Beyer et al. 2022 ("a good teacher is patient and consistent"), teacher and student always see the very same
 input — whatever augmentation the data module applied to the batch — and, with ``mixup`` > 0, the batch is extended by
 mixed copies of its own examples (function matching: the teacher labels any input, so the student learns the
-teacher's function between the training points too, not only at them). Labels say nothing about a mixed input, so the
-hard term covers the real examples only.
+teacher's function between the training points too, not only at them). On a mixed copy the hard term is mixup's
+blended label (Zhang et al. 2018), the very target the twin gets there: with the soft term alone, the student copied
+the teacher's mistakes between the points too, and ended no better than its teacher (docs/benchmarks.md).
 
 A gain is only the teacher's if the student's from-scratch twin gets the same recipe: ``DistillModule`` without a
 teacher is that twin (the same mixed copies, mixup's blended labels on them). :class:`EnsembleTeacher` averages several
@@ -134,25 +135,29 @@ class DistillModule(L.LightningModule):
         mixed, lam, partner = mix_batch(x, self.mixup) if mixing else (x[:0], None, None)
         seen = torch.cat([x, mixed])  # (B', ...): the real examples, then their mixed copies
         out = self.student(seen)  # (B', K)
-        loss = self._twin_loss(out, y, lam, partner) if self.teacher is None else self._distill_loss(out, seen, y)
+        if self.teacher is None:
+            loss = self._twin_loss(out, y, lam, partner)
+        else:
+            loss = self._distill_loss(out, seen, y, lam, partner)
         self.train_loss.update(loss.detach().expand(len(x)))  # one entry per example, as SupervisedModule._track
         if not self._loss_logged:  # the metric object, handed over once: Lightning computes it at epoch end
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
             self._loss_logged = True
         return loss
 
-    def _distill_loss(self, out: torch.Tensor, seen: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _distill_loss(self, out: torch.Tensor, seen: torch.Tensor, y: torch.Tensor, lam: Any, partner: Any):
         b = len(y)
         with torch.no_grad():
             soft_targets = self.teacher(seen)  # (B', K)
         loss = distillation_loss(
             out[:b], soft_targets[:b], y, task=self.task, alpha=self.alpha, temperature=self.temperature
         )
-        if len(seen) > b:  # the mixed copies: the teacher's targets only, at the soft term's weight
+        if len(seen) > b:  # the mixed copies: the teacher's targets, and mixup's blended labels as the hard term
             soft = distillation_loss(
                 out[b:], soft_targets[b:], y, task=self.task, alpha=0.0, temperature=self.temperature
             )
-            loss = loss + soft * (1.0 - self.alpha)
+            hard = mixed_label_loss(out[b:], y, lam, partner, self.task)
+            loss = loss + (self.alpha * hard + (1.0 - self.alpha) * soft) * (1.0 - self.alpha)
         return loss
 
     def _twin_loss(self, out: torch.Tensor, y: torch.Tensor, lam: Any, partner: Any) -> torch.Tensor:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dl_lightning.errors import InputError
+from dl_lightning.errors import InputError, clip
 from pipelines.benchmarks.cli import BENCH_FLAGS, BENCH_HELP, cmd_bench
 from pipelines.config import Config, dump_yaml, load_config
 from pipelines.outputs import check_writable, write_json_atomic
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:
         if _lost_rank(exc):  # one line, not the 54-line gloo/NCCL traceback of the rank that noticed
-            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+            cause = clip((str(exc).strip().splitlines() or [type(exc).__name__])[-1], 200)
             print(f"dlforge: error: a DDP process was lost ({cause}); {LOST_RANK_FIX}", file=sys.stderr)
             return 1
         if not isinstance(getattr(exc, "exit_code", None), int):
@@ -192,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _review_paths(cfg: Config) -> dict[str, list[str]]:
+def _review_paths(cfg: Config) -> dict[str, Any]:
     from pipelines.run import review_paths
 
     return review_paths(Path(cfg.output_dir).absolute())
@@ -234,6 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         gates=compressed["gates"],
         passed=compressed["passed"],
         skipped_stages=result.skipped,
+        importance=(result.stages.get("sweep") or {}).get("importance", {}),
         stage_seconds=result.timings,
         paths=run.pipeline_paths(result),
         models=run.registered_models(result),
@@ -309,6 +310,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         stopped_early=result.stopped_early,
         errored=result.errored,
         trials=result.trials,
+        importance=result.importance,
         paths=sweep_paths(dataclasses.asdict(result)),
         timing=result.timing,
         mlflow_run_id=result.run_id,
@@ -368,7 +370,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if not args.teacher:
         raise InputError("dlforge compress needs --teacher CKPT|RUN_ID|models:/<name>@<alias>")
     check_writable(cfg.output_dir)
-    load_data(cfg)  # bad data: exit 2 before a teacher is downloaded into output_dir or a run is opened
+    # bad data: exit 2 before a teacher is downloaded into output_dir or a run is opened; read as the teacher's
+    # family reads it, where the teacher is a local file (a 2-D array is a table to an mlp, signals to an rnn)
+    load_data(cfg.with_overrides({"model.family": _local_teacher_family(args.teacher, cfg)}))
     lock_output_dir(cfg.output_dir)
     with sigterm_exits():  # SIGTERM outside the distillation fit also closes the runs KILLED
         result = compress(cfg, args.teacher)
@@ -394,6 +398,23 @@ def cmd_compress(args: argparse.Namespace) -> int:
     print(f"  {'report':<18} {result.report_md}\n  {'summary':<18} {summary}")
     _print_failed_gates([dataclasses.asdict(g) for g in result.failed], result.champion)
     return exit_code(result.champion is not None, result.failed, strict=args.strict)
+
+
+def _local_teacher_family(ref: str, cfg) -> str:
+    """The family of a teacher checkpoint on disk (read with ``weights_only``, nothing imported), else the config's."""
+    if not Path(ref).expanduser().is_file():
+        return cfg.model.family
+    import torch
+
+    from dl_lightning.registry import checkpoint_family
+
+    try:
+        checkpoint = torch.load(Path(ref).expanduser(), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a checkpoint at all: the compress stage says so in its own words
+        return cfg.model.family
+    if not isinstance(checkpoint, dict):
+        return cfg.model.family
+    return checkpoint_family(checkpoint, ref, allowed=cfg.model.family)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-from dl_lightning.errors import InputError
+from dl_lightning import families
+from dl_lightning.errors import InputError, clip
+from dl_lightning.families import CNNConfig, GANConfig, MLPConfig, RNNConfig, TransformerConfig
 from tune.settings import TuneConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +48,11 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    # builtin:NAME, a .csv/.parquet/.npz file, an image folder, or your LightningDataModule: pkg.module:Class or
+    # path/to/file.py:Class built from `args` (it makes its own loaders: the split and loader keys do not apply)
     source: str = "builtin:digits"
+    args: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = field(default=None, metadata=_check(ge=2))  # a DataModule's classes, if it cannot tell
     target: str | None = None  # label column of a CSV/Parquet file
     text_column: str | None = None  # text column of a CSV/Parquet text dataset (inferred when left out)
     kind: Literal["tabular", "image", "sequence", "text"] | None = None  # inferred when left out
@@ -69,46 +75,12 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class MLPConfig:
-    hidden: tuple[int, ...] = (256, 128)
-    batch_norm: bool = False
-
-
-@dataclass(frozen=True)
-class CNNConfig:
-    channels: tuple[int, ...] = (32, 64)
-    kernel_size: int = field(default=3, metadata=_check(ge=1))
-    batch_norm: bool = True
-    hidden: int = field(default=128, metadata=_check(ge=1))
-
-
-@dataclass(frozen=True)
-class RNNConfig:
-    cell: Literal["lstm", "gru", "rnn"] = "lstm"
-    hidden_size: int = field(default=128, metadata=_check(ge=1))
-    num_layers: int = field(default=2, metadata=_check(ge=1))
-    bidirectional: bool = False
-    embed_dim: int = field(default=64, metadata=_check(ge=1))  # token embedding size for text
-
-
-@dataclass(frozen=True)
-class TransformerConfig:
-    d_model: int = field(default=64, metadata=_check(ge=4))
-    nhead: int = field(default=4, metadata=_check(ge=1))
-    num_layers: int = field(default=2, metadata=_check(ge=1))
-    dim_feedforward: int = field(default=128, metadata=_check(ge=1))
-
-
-@dataclass(frozen=True)
-class GANConfig:
-    latent_dim: int = field(default=64, metadata=_check(ge=1))
-    width: int = field(default=64, metadata=_check(ge=4))  # feature maps of the first G / last D layer
-    sample_every_n_epochs: int = field(default=1, metadata=_check(ge=1))
-
-
-@dataclass(frozen=True)
 class ModelConfig:
-    family: Literal["mlp", "cnn", "rnn", "transformer", "gan"] = "cnn"
+    # a registered family (dl_lightning.families), or your own class: pkg.module:Class or path/to/file.py:Class
+    family: str = "cnn"
+    # a class path's (or a family without a section's) constructor arguments, e.g. model.args.hidden=64; checked
+    # against its signature before anything runs; input_shape, num_outputs and vocab_size come from the data
+    args: dict[str, Any] = field(default_factory=dict)
     dropout: float = field(default=0.1, metadata=_check(ge=0, le=0.9))
     mlp: MLPConfig = field(default_factory=MLPConfig)
     cnn: CNNConfig = field(default_factory=CNNConfig)
@@ -120,11 +92,29 @@ class ModelConfig:
     init_from: str | None = None
     freeze: tuple[str, ...] | None = None  # parameter-name prefixes kept fixed (until trainer.unfreeze_at_epoch)
 
+    def __post_init__(self) -> None:
+        check_family("model.family", self.family)
+        if self.args and self.section() is not None:
+            key = next(iter(self.args))
+            raise ConfigError(
+                f"model.args.{key}: model.args is for a class path or a family without a section; "
+                f"set model.{self.family}.{key} instead"
+            )
+
+    def section(self) -> Any:
+        """The chosen family's config section (``model.<family>``), or None: a class path, or a family without one."""
+        record = families.find(self.family)
+        if record is None or record.section is None:
+            return None
+        return getattr(self, self.family, None) or record.section()
+
     def arch(self) -> dict[str, Any]:
-        """Keyword arguments of the chosen family's architecture (its own section plus dropout)."""
-        section = dataclasses.asdict(getattr(self, self.family))
-        section.pop("sample_every_n_epochs", None)
-        return {**section, "dropout": self.dropout}
+        """Keyword arguments of the chosen family's architecture: its section (fit-only keys included, which
+        ``registry.build_model`` leaves out) plus dropout; else ``model.args``."""
+        section = self.section()
+        if section is None:
+            return dict(self.args)
+        return {**dataclasses.asdict(section), "dropout": self.dropout}
 
 
 @dataclass(frozen=True)
@@ -180,12 +170,18 @@ class StudentConfig:
     multiplied by ``width``; ``depth`` > 0 keeps that many layers per stack.
     """
 
-    family: Literal["same", "mlp", "cnn", "rnn", "transformer"] = "same"
+    family: str = "same"  # same, a registered family, or a class path (pkg.module:Class, path/to/file.py:Class)
+    # the student's constructor arguments over the shrunk starting ones (a class path's widths are not known)
+    args: dict[str, Any] = field(default_factory=dict)
     width: float = field(default=0.5, metadata=_check(gt=0, le=4))
     depth: int = field(default=0, metadata=_check(ge=0))  # 0 = the starting architecture's depth
     # at most this fraction of the teacher's parameters: the width narrows below `width` until the student fits
     # (an input or output layer shrinks with the width, not its square); 0 = no limit
     max_params: float = field(default=0.25, metadata=_check(ge=0, le=1))
+
+    def __post_init__(self) -> None:
+        if self.family != "same":
+            check_family("compress.student.family", self.family)
 
 
 @dataclass(frozen=True)
@@ -195,8 +191,9 @@ class CompressConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     # student budget: auto = the teacher's own epochs (read from its checkpoint); 0 = no student, teacher only
     epochs: int | Literal["auto"] = field(default="auto", metadata=_check(ge=0))
-    # weight of the hard-label loss (docs/benchmarks.md, distillation: 0.5 held up better than 0.1 at these budgets)
-    alpha: float = field(default=0.5, metadata=_check(ge=0, le=1))
+    # weight of the hard-label loss (docs/benchmarks.md, distillation): an inheriting student already holds its
+    # teacher's function; more weight on the labels (0.8 over 0.5) lets it go past the teacher, not just copy it
+    alpha: float = field(default=0.8, metadata=_check(ge=0, le=1))
     temperature: float = field(default=2.0, metadata=_check(gt=0))  # 2 beat 4 for small students in the benchmark
     # the student's lr schedule: `same` as the training config's optim.scheduler, or cosine over its epochs (which
     # cost students a teacher's budget of 15 epochs 5–7 points: they end under-trained)
@@ -204,8 +201,19 @@ class CompressConfig:
     # function matching: students also learn the teacher on mixed inputs (Beta(mixup, mixup) weights; 0 = off).
     # Not for text (token ids do not mix); images keep data.augment too, seen alike by teacher and student
     mixup: float = field(default=1.0, metadata=_check(ge=0))  # 1: λ uniform, inputs anywhere between two examples
+    # the distilled student starts from its teacher's weights (DistilBERT, Minitron): a student of the teacher's
+    # family is its architecture shrunk, so each of its tensors takes the teacher's leading slice (the same first units
+    # in every layer; per gate, head and direction; dl_lightning/inherit.py). The from-scratch twin stays random-init
+    inherit: bool = True
     scratch: bool = True  # also train the same student from scratch with the same budget, to show the gain
-    quantization: Literal["auto", "dynamic", "static", "none"] = "auto"  # auto: static for conv, else dynamic
+    # the student learns from the trained model (single), or — dlforge run after a sweep — from the ensemble of the
+    # best ensemble_k trials' checkpoints, their temperature-softened outputs averaged (Hinton et al. 2015)
+    teacher: Literal["single", "ensemble"] = "single"
+    ensemble_k: int = field(default=3, metadata=_check(ge=2))
+    # auto: the autotuner ships the fastest of fp32 / dynamic / static QDQ variants whose heavy ops are INT8 and
+    # whose drop passes max_int8_drop (pipelines/compression/autotune.py); dynamic / static: that recipe only
+    quantization: Literal["auto", "dynamic", "static", "none"] = "auto"
+    autotune_budget_s: float = field(default=60.0, metadata=_check(gt=0))  # per model; a started variant finishes
     per_channel: bool = False  # per-channel int8 weights
     calibration_batches: int = field(default=8, metadata=_check(ge=1))  # train-split batches for static
     parity_atol: float = field(default=1e-4, metadata=_check(gt=0))  # max |torch − ORT| of fp32 exports
@@ -215,6 +223,13 @@ class CompressConfig:
     # the model registered as <experiment>-<family>-onnx (alias 'candidate') when tracking is on and every gate
     # passes; an INT8 choice ships the fp32 file when compress.quantization=none
     register: Literal["teacher-int8", "teacher", "student-int8", "student", "none"] = "teacher-int8"
+
+
+@dataclass(frozen=True)
+class ModelCardConfig:
+    """What the model card of every registered version says beyond the facts dlforge measures."""
+
+    intended_use: str = ""  # what the model is for and where it must not be used; printed as written
 
 
 @dataclass(frozen=True)
@@ -228,6 +243,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    model_card: ModelCardConfig = field(default_factory=ModelCardConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -239,6 +255,12 @@ class Config:
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A new config with dotted overrides applied and validated (the one way a config is replaced)."""
         return build_config(self.to_dict(), overrides)
+
+
+def check_family(key: str, family: str) -> None:
+    """A registered family or a class path (imported later, by the stage that builds it); else ConfigError."""
+    if not families.is_class_path(family) and families.find(family) is None:
+        raise ConfigError(families.unknown_message(family).replace("model.family", key, 1))
 
 
 # ---------------------------------------------------------------- parsing
@@ -359,7 +381,7 @@ def check_yaml_size(value: Any, what: str, limit: int = MAX_YAML_NODES) -> None:
 
 
 def _first_problem(exc: yaml.MarkedYAMLError) -> str:
-    return " ".join(str(exc.problem or type(exc).__name__).split())[:120]
+    return clip(" ".join(str(exc.problem or type(exc).__name__).split()), 120)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

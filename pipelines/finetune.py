@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from dl_lightning.data import Splits
 from dl_lightning.data.balance import balanced_class_weights, imbalance_note
 from dl_lightning.errors import InputError
+from dl_lightning.registry import record_for
 from dl_lightning.transfer import (
     FreezeParameters,
     check_compatible,
@@ -128,9 +129,14 @@ def check(cfg: Config, model: Any) -> None:
             "lower it, or use 0 to keep model.freeze for the whole fit"
         )
     balancing = cfg.data.class_weights == "balanced" or cfg.data.sampler == "balanced"
-    if balancing and (m.family == "gan" or model.data_spec["task"] != "classification"):
+    if balancing and (record_for(m.family).generative or model.data_spec["task"] != "classification"):
         raise InputError(
             "data.class_weights/data.sampler=balanced balance the classes of a classifier; set them to none"
+        )
+    if cfg.data.class_weights == "balanced" and not hasattr(model, "set_class_weights"):
+        raise InputError(
+            f"data.class_weights=balanced weighs dlforge's loss, but {m.family} computes its own; set it to none "
+            "(data.sampler=balanced works for any model)"
         )
     match_prefixes(model, m.freeze or ())
     source = resolve(cfg)
@@ -147,7 +153,12 @@ def prepare(cfg: Config, model: Any, splits: Splits) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if cfg.data.class_weights == "balanced":
         model.set_class_weights(balanced_class_weights(splits.train[1], splits.spec.num_outputs))
-    elif splits.spec.task == "classification" and cfg.data.sampler == "none" and cfg.model.family != "gan":
+    elif (
+        isinstance(splits, Splits)  # a user's DataModule streams: no label counts to warn about
+        and splits.spec.task == "classification"
+        and cfg.data.sampler == "none"
+        and not record_for(cfg.model.family).generative
+    ):
         _say(imbalance_note(splits.train[1], splits.spec.num_outputs))
     source = resolve(cfg)
     if source is None:

@@ -9,6 +9,8 @@ runs table can show them as columns and runs compare across jobs:
 - tags ``dlforge.champion`` (artifact), ``dlforge.champion_model`` (``models:/NAME/VERSION``),
   ``dlforge.gates_failed``, ``dlforge.<stage>_run_id`` for each child run;
 - a markdown description (MLflow's run description) naming the champion and the gates;
+- the runs table's columns: the experiment's shared view (``tracking.share_runs_view``) shows these metrics, which
+  MLflow's default view never does; ``dlforge ui`` prints the link that opens it;
 - the images ``report.md`` links, under the same relative paths, so the report reads right inside the run.
 """
 
@@ -26,6 +28,7 @@ ROLES = {
     "int8": ("teacher_int8_onnx",),
     "student": ("student_fp32_onnx", "student_fp32_pytorch"),
 }
+SIZE_AND_SPEED = ("size_mb", "latency_b1_ms")
 # Artifact key (``CompressResult.files``) → the row that measured it.
 ARTIFACT_ROWS = {
     "teacher": "teacher_fp32_onnx",
@@ -39,8 +42,10 @@ def publish(cfg: Config, parent: str | None, stages: dict[str, Any], out: Path) 
     """Log the headline metrics, tags, description and report images to the parent run; nothing when it is None."""
     if parent is None:
         return
-    tracking.log_metrics(parent, headline_metrics(stages))
+    metrics = headline_metrics(stages)
+    tracking.log_metrics(parent, metrics)
     tracking.set_tags(parent, headline_tags(stages))
+    tracking.share_runs_view(parent, table_columns(metrics), ["dlforge.champion", "dlforge.gates_failed"])
     tracking.set_description(parent, description(cfg, stages))
     for image in report_images(cfg, stages, out):
         folder = image.relative_to(out).parent if image.is_relative_to(out) else Path("images")
@@ -58,6 +63,19 @@ def headline_metrics(stages: dict[str, Any]) -> dict[str, float]:
     gates = compress.get("gates", [])
     passed = sum(bool(g["passed"]) for g in gates)
     return metrics | {"gates/passed": float(passed), "gates/failed": float(len(gates) - passed)}
+
+
+def table_columns(metrics: dict[str, float]) -> list[str]:
+    """The runs table's metric columns, few enough to fit beside the run name: the champion's metric, size and
+    latency, the teacher's, INT8's and student's metric, the gate counts (every headline stays on the run page)."""
+    roles = ["champion", *ROLES, "gates"]
+
+    def order(name: str) -> tuple[int, int]:
+        role, _, what = name.partition("/")
+        return roles.index(role), 1 + SIZE_AND_SPEED.index(what) if what in SIZE_AND_SPEED else 0
+
+    shown = [n for n in metrics if n.startswith(("champion/", "gates/")) or n.partition("/")[2] not in SIZE_AND_SPEED]
+    return sorted((n for n in shown if n.partition("/")[0] in roles), key=order)
 
 
 def metric_leaf(stages: dict[str, Any]) -> str:
@@ -104,14 +122,15 @@ def description(cfg: Config, stages: dict[str, Any]) -> str:
     champion, uri = champion_artifact(stages), champion_uri(stages)
     lines = [f"**dlforge pipeline**: {cfg.model.family} on `{cfg.data.source}`.", ""]
     lines.append(f"**Champion:** {champion}" + (f" (`{uri}`)" if uri else "") if champion else "**Champion:** none")
-    lines += ["", f"| | {leaf} | size (MB) | latency b1 (ms) |", "|---|---|---|---|"]
+    # the gates before the table: the run page shows a description's first lines until "Show more" is clicked
+    lines += ["", _gates_line(stages), "", f"| | {leaf} | size (MB) | latency b1 (ms) |", "|---|---|---|---|"]
     for role in (*ROLES, "champion"):
         if f"{role}/size_mb" in metrics:  # every measured row has a size and a latency
             metric = metrics.get(f"{role}/{leaf}")
             shown = "—" if metric is None else f"{metric:.4g}"
             size, latency = metrics[f"{role}/size_mb"], metrics[f"{role}/latency_b1_ms"]
             lines.append(f"| {role} | {shown} | {size:.3g} | {latency:.3g} |")
-    return "\n".join([*lines, "", _gates_line(stages), "", "Full report: `report.md` / `report.html` (artifacts)."])
+    return "\n".join([*lines, "", "Full report: `report.md` / `report.html` (artifacts)."])
 
 
 def _gates_line(stages: dict[str, Any]) -> str:

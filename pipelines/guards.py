@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from dl_lightning.errors import InputError
+from dl_lightning.errors import InputError, clip
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def unpickling_reason(exc: BaseException) -> str:
     found = [line for line in lines if "GLOBAL" in line or "global" in line.split()]
     text = (found or [type(exc).__name__])[0]
     match = re.search(r"GLOBAL \S+", text)
-    return f"it would load {match.group(0).removeprefix('GLOBAL ')}" if match else text[:200]
+    return f"it would load {match.group(0).removeprefix('GLOBAL ')}" if match else clip(text, 200)
 
 
 def newest_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path) -> Path | None:

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dl_lightning.errors import InputError
+from dl_lightning.errors import InputError, clip
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -54,7 +54,7 @@ def _check_name_lengths(path: Path, what: str) -> None:
     too_long = [part for part in path.parts if len(os.fsencode(part)) > name_max]
     if too_long:
         raise InputError(
-            f"{what} has a folder name of {len(os.fsencode(too_long[0]))} bytes ({too_long[0][:40]}...); "
+            f"{what} has a folder name of {len(os.fsencode(too_long[0]))} bytes ({clip(too_long[0], 40)}); "
             f"this file system allows {name_max} — choose a shorter name"
         )
     path_max = os.pathconf(path.anchor or "/", "PC_PATH_MAX")

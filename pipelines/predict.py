@@ -2,6 +2,11 @@
 
 torch is never imported on this path (a test keeps it so): the preprocessing a model needs travels in its ONNX
 metadata — input shape, class names, and the vocabulary for text; normalization is inside the graph.
+
+The same code serves a registered ONNX model through ``mlflow.pyfunc``: such a model is logged with
+``loader_module="pipelines.predict"`` (MLflow's custom-flavor hook, ``_load_pyfunc``) and carries the few source
+files this module needs (``SERVING_FILES``), so ``pyfunc.load_model(uri).predict(df)`` returns what
+``dlforge predict`` writes for the same table, also where dlforge is not installed.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import shutil
 import tempfile
 import warnings
 from functools import cache
@@ -40,18 +46,81 @@ def predict(model_ref: str, source: str, output: str, cfg: Config | None = None)
     regression rows the value.
     """
     with tempfile.TemporaryDirectory(prefix="dlforge-predict-") as tmp:
-        path = resolve_model(model_ref, cfg, Path(tmp))
-        session = export.open_session(path, threads=0)  # the graph is in memory now: the download can go
-    meta = export.read_metadata(session)
-    if not meta.get("task") or meta.get("role") == "generator":
-        raise InputError(f"{path.name} is not a dlforge predictor (a generator, or no dlforge metadata)")
-    check_declared_input(meta, path.name)
-    ids, x = read_input(Path(source), meta)
-    x = checked(x, meta)
-    outputs = export.run_session(session, x)
-    frame = prediction_frame(ids, outputs, meta)
+        predictor = Predictor(resolve_model(model_ref, cfg, Path(tmp)))  # the graph is in memory: the download can go
+    frame = predict_source(predictor, Path(source))
     out = write_text_atomic(output, frame.to_csv(index=False))
     return out, len(frame)
+
+
+class Predictor:
+    """A dlforge ONNX file ready to predict; what ``mlflow.pyfunc.load_model`` wraps for a registered version.
+
+    Raises:
+        InputError: the file is no dlforge predictor (a generator, no dlforge metadata) or declares a bad input.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self.session = export.open_session(path, threads=0)
+        self.meta = export.read_metadata(self.session)
+        if not self.meta.get("task") or self.meta.get("role") == "generator":
+            raise InputError(f"{path.name} is not a dlforge predictor (a generator, or no dlforge metadata)")
+        check_declared_input(self.meta, path.name)
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """One row per row of a table: feature columns in training order, or a text column (``dlforge predict``'s
+        CSV rules). Rows are ``id`` (the row's index), ``prediction`` and, for classes, ``prob_<class>``."""
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        x = encode_text(frame, self.meta) if self.meta["kind"] == "text" else numeric(frame, self.meta)
+        return self.predict_examples([str(i) for i in frame.index], x)
+
+    def predict_examples(self, ids: list[str], x: np.ndarray) -> pd.DataFrame:
+        """Predictions for examples already shaped as the model takes them (an NPZ array, images)."""
+        return prediction_frame(ids, export.run_session(self.session, checked(x, self.meta)), self.meta)
+
+
+def example_frame(x: np.ndarray, meta: dict[str, Any]) -> pd.DataFrame:
+    """Examples as the table a user passes: the features flattened to columns ``x0…``, or, for text, the token ids
+    written back as words (``<unk>`` for unknown ones) in a ``text`` column."""
+    if meta["kind"] == "text":
+        vocab = meta["vocab"]
+        return pd.DataFrame({"text": [" ".join(vocab[i] for i in row if i > 0) for row in x.astype(np.int64)]})
+    flat = x.reshape(len(x), -1)
+    return pd.DataFrame(flat, columns=[f"x{i}" for i in range(flat.shape[1])])
+
+
+def _load_pyfunc(data_path: str) -> Predictor:
+    """MLflow's custom-flavor hook: a model logged with ``loader_module="pipelines.predict"`` loads through this.
+
+    ``data_path`` is the model's ONNX file (or a folder holding one .onnx file).
+    """
+    path = Path(data_path)
+    return Predictor(next(iter(sorted(path.rglob("*.onnx")))) if path.is_dir() else path)
+
+
+# The files the predictor imports or loads, relative to the project root: a registered model carries them.
+SERVING_FILES = (
+    "pipelines/__init__.py",
+    "pipelines/predict.py",
+    "pipelines/export.py",
+    "pipelines/outputs.py",
+    "pipelines/version.py",
+    "dl_lightning/__init__.py",
+    "dl_lightning/errors.py",
+    "dl_lightning/data/text.py",
+    "dl_lightning/data/bounds.py",
+)
+SERVING_REQUIREMENTS = ("onnxruntime", "onnx", "numpy", "pandas", "pillow")
+
+
+def serving_code(dest: Path) -> list[Path]:
+    """Copy ``SERVING_FILES`` under ``dest`` (packages kept whole); returns the package folders to ship."""
+    root = Path(__file__).resolve().parent.parent
+    for name in SERVING_FILES:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / name, target)
+    return sorted({dest / name.split("/")[0] for name in SERVING_FILES})
 
 
 def resolve_model(ref: str, cfg: Config | None = None, dest: Path | None = None) -> Path:
@@ -70,20 +139,18 @@ def resolve_model(ref: str, cfg: Config | None = None, dest: Path | None = None)
 # ---------------------------------------------------------------- reading input
 
 
-def read_input(source: Path, meta: dict[str, Any]) -> tuple[list[str], np.ndarray]:
-    """(row ids, examples) from an image folder, an NPZ file, or a CSV/Parquet table (numbers or text)."""
+def predict_source(predictor: Predictor, source: Path) -> pd.DataFrame:
+    """Predictions for an image folder, an NPZ file, or a CSV/Parquet table (numbers or text)."""
     if not source.exists():
         raise InputError(f"input {str(source)!r} does not exist; pass a CSV, NPZ or image folder")
     if source.is_dir():
-        return read_images(source, meta)
+        return predictor.predict_examples(*read_images(source, predictor.meta))
     suffix = source.suffix.lower()
     if suffix == ".npz":
         x = read_npz(source)
-        return [str(i) for i in range(len(x))], x
+        return predictor.predict_examples([str(i) for i in range(len(x))], x)
     if suffix in TABLES:
-        frame = read_frame(source)
-        x = encode_text(frame, meta) if meta["kind"] == "text" else numeric(frame, meta)
-        return [str(i) for i in range(len(x))], x
+        return predictor.predict(read_frame(source))
     raise InputError(f"unsupported input {source.name}; use .csv, .parquet, .npz or an image folder")
 
 
@@ -129,7 +196,7 @@ def numeric(frame: pd.DataFrame, meta: dict[str, Any]) -> np.ndarray:
 
 def encode_text(frame: pd.DataFrame, meta: dict[str, Any]) -> np.ndarray:
     """Token ids with the model's own vocabulary and length — the tokenizer training used."""
-    texts = [c for c in frame.columns if frame[c].dtype == object]
+    texts = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c])]  # object, or pandas 3 str
     column = "text" if "text" in frame.columns else (texts[0] if len(texts) == 1 else None)
     if column is None:
         raise InputError(f"cannot tell the text column among {list(frame.columns)[:5]}; name it 'text'")

@@ -9,15 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from dl_lightning.data import Splits
+from dl_lightning.data.user_datamodule import UserData
 from dl_lightning.errors import InputError
 from pipelines.config import Config
 
 
-def check_data(cfg: Config) -> Splits:
+def check_data(cfg: Config) -> Splits | UserData:
     """Load and split ``cfg``'s data and build the family's model on it (cheap: no training).
 
-    Returns the splits so the caller need not load the data again. Raises InputError when the source is missing
-    or malformed or the family cannot take this kind of data.
+    Returns the splits (or, for ``data.source=pkg.module:DataModule``, the user's DataModule set up for fitting,
+    its spec read from one train batch) so the caller need not load the data again. Raises InputError when the
+    source is missing or malformed, a DataModule's arguments or batches are wrong, or the family cannot take this
+    kind of data.
     """
     from dl_lightning.registry import build_model
     from pipelines import finetune
@@ -28,12 +31,30 @@ def check_data(cfg: Config) -> Splits:
 
         filter_quote(registered_model_name(cfg))
     splits = load_data(cfg)
+    if isinstance(splits, UserData):
+        _check_datamodule_kind(cfg, splits)
     model = build_model(cfg.model.family, splits.spec, cfg.model.arch(), optim_settings(cfg), source=cfg.data.source)
     finetune.check(cfg, model)  # init_from resolves and fits, freeze prefixes exist: before any run or folder
     return splits
 
 
-def check_resume_fits(cfg: Config, splits: Splits, checkpoint: str) -> None:
+def _check_datamodule_kind(cfg: Config, data: UserData) -> None:
+    """A DataModule's batches are what they are: name the families that take them (no ``data.kind`` reads them
+    otherwise)."""
+    from dl_lightning.registry import accepted_kinds, record_for
+
+    accepts, kind = record_for(cfg.model.family).accepts, data.spec.kind
+    if kind in accepts:
+        return
+    takers = " or ".join(name for name, kinds in accepted_kinds().items() if kind in kinds)
+    raise InputError(
+        f"model.family={cfg.model.family} needs {' or '.join(sorted(accepts))} data but {cfg.data.source} yields "
+        f"{kind} batches of {data.spec.input_shape} per example; use model.family={takers}, or make it yield "
+        f"{' or '.join(sorted(accepts))} batches"
+    )
+
+
+def check_resume_fits(cfg: Config, splits: Splits | UserData, checkpoint: str) -> None:
     """Refuse a checkpoint whose tensors do not fit the model this config builds on this data.
 
     Lightning would otherwise fail deep inside ``load_state_dict`` with a "size mismatch" traceback after the
@@ -44,14 +65,31 @@ def check_resume_fits(cfg: Config, splits: Splits, checkpoint: str) -> None:
     from dl_lightning.registry import build_model
     from pipelines.train import optim_settings
 
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    check_family(loaded, f"--resume {checkpoint}", cfg.model.family)
     model = build_model(cfg.model.family, splits.spec, cfg.model.arch(), optim_settings(cfg), source=cfg.data.source)
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("state_dict") or {}
-    mismatch = _first_mismatch(model.state_dict(), saved)
+    mismatch = _first_mismatch(model.state_dict(), loaded.get("state_dict") or {})
     if mismatch:
         raise InputError(
             f"--resume {checkpoint} was trained with another model or data ({mismatch}); pass the config it was "
             "trained with, or drop --resume to start afresh"
         )
+
+
+def check_family(checkpoint: dict[str, Any], what: str, family: str) -> None:
+    """Refuse a checkpoint of another family than ``family``, or naming a class path the config does not name.
+
+    Nothing named inside the file is imported (``registry.checkpoint_family``); a checkpoint that names no family
+    (not written by dlforge) is left to the tensor check.
+    """
+    from dl_lightning.modules.base import FAMILY_KEY
+    from dl_lightning.registry import checkpoint_family
+
+    if FAMILY_KEY not in checkpoint:
+        return
+    theirs = checkpoint_family(checkpoint, what, allowed=family)
+    if theirs != family:
+        raise InputError(f"{what} holds a {theirs} model but model.family={family}; pass the config it was trained on")
 
 
 def _first_mismatch(current: dict[str, Any], saved: dict[str, Any]) -> str | None:

@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from pipelines.compression.tables import COLUMNS, table_cells, verdict
+from pipelines.compression.tables import AUTOTUNE_COLUMNS, COLUMNS, autotune_cells, table_cells, verdict
 from pipelines.config import Config
 from pipelines.outputs import write_text_atomic
 
@@ -42,7 +42,11 @@ def _sweep_blocks(sweep: dict[str, Any]) -> list[Block]:
     chosen = ", ".join(f"{k}={_num(v)}" for k, v in sweep["best_overrides"].items())
     best = f"Best {sweep['metric']} = {_num(sweep['best_metric'])} with {chosen}."
     blocks: list[Block] = [("h2", "Sweep"), ("p", best), ("table", (header, rows))]
-    return blocks + ([("img", sweep["plot"])] if sweep.get("plot") else [])
+    blocks += [("img", sweep["plot"])] if sweep.get("plot") else []
+    if importance := sweep.get("importance"):
+        ranked = ", ".join(f"{k} {v:.0%}" for k, v in importance.items())
+        blocks.append(("p", f"Hyperparameter importance (fANOVA over the trials): {ranked}."))
+    return blocks + [("img", path) for path in (sweep.get("insight_plots") or {}).values()]
 
 
 def _train_blocks(train: dict[str, Any]) -> list[Block]:
@@ -66,6 +70,9 @@ def _compress_blocks(compress: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [("h2", "Compression (latency: one thread)"), ("table", (list(COLUMNS), rows))]
     if student := _student_line(compress.get("student") or {}):
         blocks.append(("p", student))
+    for role, tuning in (compress.get("autotune") or {}).items():
+        blocks += [("h2", f"Quantization autotuner — {role}"), ("p", f"Shipped: {tuning['why']}.")]
+        blocks.append(("table", (list(AUTOTUNE_COLUMNS), autotune_cells(tuning))))
     blocks += [("h2", "Gates"), ("table", (["result", "gate", "detail", "guards"], gates))]
     if "champion" in compress:
         blocks.append(("p", verdict(compress) + "."))
@@ -79,6 +86,9 @@ def _student_line(student: dict[str, Any]) -> str:
     line += f", {student['epochs']} epochs" if "epochs" in student else ""
     if "gain_over_scratch" in student:
         line += f"; distilled − same student from scratch: {student['gain_over_scratch']:+.2f} points"
+    line += f"; started from the teacher's weights ({student['inherited']})" if "inherited" in student else ""
+    if members := student.get("ensemble_members"):  # compress.teacher=ensemble
+        line += f"; taught by the ensemble of the {len(members)} best sweep trials (its own row in the table)"
     return line + "."
 
 

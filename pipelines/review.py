@@ -28,16 +28,23 @@ def review_files(cfg: Config, module: Any, result: TrainResult, folder: Path, hi
     Raises whatever plotting or inference raises: the caller decides that a failed plot does not fail the job.
     """
     files = [p for p in [learning_curve(history, folder)] if p]
-    if module is not None and cfg.model.family != "gan":
+    if module is not None and not _generative(cfg.model.family):
         files += evaluation_files(cfg, module, result, folder)
     return files
 
 
-def load_module(checkpoint: str) -> Any:
-    """The LightningModule saved in ``checkpoint`` (any family)."""
+def _generative(family: str) -> bool:
+    """A generative family (a GAN) has no labels to evaluate against."""
+    from dl_lightning.registry import record_for
+
+    return record_for(family).generative
+
+
+def load_module(checkpoint: str, family: str | None = None) -> Any:
+    """The LightningModule saved in ``checkpoint`` (any family; a class path only when it is ``family``)."""
     from dl_lightning.registry import load_model
 
-    return load_model(checkpoint)
+    return load_model(checkpoint, allowed=family)
 
 
 def learning_curve(history: History, folder: Path) -> Path | None:
@@ -52,9 +59,13 @@ def evaluation_files(cfg: Config, module: Any, result: TrainResult, folder: Path
     import numpy as np
     import torch
 
+    from dl_lightning.data.class_path import is_class_spec
     from pipelines import plots
     from pipelines.train import load_data
 
+    if is_class_spec(cfg.data.source):  # a user's DataModule: its test data may not fit in memory, so not gathered
+        print(f"review: {cfg.data.source} streams its data; the test-split plots are skipped", flush=True)
+        return []
     x, y = load_data(cfg).test
     net, _ = module.export_net()
     net.eval()

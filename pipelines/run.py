@@ -81,7 +81,9 @@ def _run_stages(cfg: Config, ledger: StageLedger, parent: str | None, out: Path,
     stages["train"] = timed("train", train_key, lambda: train_stage(best, out / "train", parent, resume=resume))
     compress_key = stage_key(best.to_dict(), stages["train"])
     stages["compress"] = timed(
-        "compress", compress_key, lambda: compress_stage(best, stages["train"], out / "compress", parent)
+        "compress",
+        compress_key,
+        lambda: compress_stage(best, stages["train"], out / "compress", parent, stages.get("sweep")),
     )
     promote_key = stage_key(stages["train"], stages["compress"])
     stages["promote"] = timed("promote", promote_key, lambda: promote_stage(best, stages["train"], stages["compress"]))
@@ -130,12 +132,17 @@ def train_stage(cfg: Config, out: Path, parent: str | None, *, resume: bool) -> 
     return _read_json(out / "summary.json")
 
 
-def compress_stage(cfg: Config, trained: dict[str, Any], out: Path, parent: str | None) -> dict[str, Any]:
+def compress_stage(
+    cfg: Config, trained: dict[str, Any], out: Path, parent: str | None, sweep: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from pipelines.compression.stage import compress
     from pipelines.compression.tables import print_report
+    from pipelines.compression.teacher import ensemble_members
 
     teacher = trained["paths"]["best_checkpoint"] or trained["paths"]["last_checkpoint"]
-    result = compress(cfg.with_overrides({"output_dir": str(out)}), teacher, parent_run_id=parent)
+    ensemble = cfg.compress.teacher == "ensemble" and sweep is not None
+    members = ensemble_members(sweep, cfg.compress.ensemble_k) if ensemble else []  # type: ignore[arg-type]
+    result = compress(cfg.with_overrides({"output_dir": str(out)}), teacher, parent_run_id=parent, members=members)
     print_report(result)
     return _plain(dataclasses.asdict(result)) | {"passed": result.passed, "shipped": result.shipped}
 
@@ -232,7 +239,8 @@ def quick_overrides() -> dict[str, Any]:
 def sweep_paths(sweep: dict[str, Any]) -> dict[str, str]:
     """The files a sweep writes that a user opens: best config, results CSV, plot, and its Ray experiment."""
     keys = ("best_config", "results_csv", "plot", "experiment_path")
-    return {key: sweep[key] for key in keys if sweep.get(key)}
+    plots = {f"sweep_{name}_plot": path for name, path in (sweep.get("insight_plots") or {}).items()}
+    return {key: sweep[key] for key in keys if sweep.get(key)} | plots
 
 
 def compress_paths(compressed: dict[str, Any]) -> dict[str, str]:
@@ -240,6 +248,8 @@ def compress_paths(compressed: dict[str, Any]) -> dict[str, str]:
     paths = {"compress_report_md": compressed["report_md"], "compress_report_json": compressed["report_json"]}
     paths |= {f"onnx_{key.replace('-', '_')}": path for key, path in compressed["files"].items()}
     checkpoints = _read_report(compressed).get("checkpoints", {})
+    cards = sorted((Path(compressed["output_dir"]) / "model_cards").glob("*/model_card.md"))
+    paths |= {f"model_card_{card.parent.name.replace('-', '_')}": str(card) for card in cards}
     return paths | {key: path for key, path in checkpoints.items() if path}
 
 
@@ -261,12 +271,15 @@ def pipeline_paths(result: PipelineResult) -> dict[str, Any]:
     return paths | review_paths(out)
 
 
-def review_paths(out: Path) -> dict[str, list[str]]:
-    """A fit's review files under ``out``: ``plots`` (PNG, GAN samples too) and ``review_reports`` (md, json)."""
+def review_paths(out: Path) -> dict[str, Any]:
+    """A fit's review files under ``out``: ``plots`` (PNG, GAN samples too), ``review_reports`` (md, json) and the
+    registered version's ``model_card`` (md)."""
     review = sorted(p for p in (out / "review").glob("*") if p.is_file())
     plots = [str(p) for p in review if p.suffix == ".png"] + sorted(str(p) for p in (out / "samples").glob("*.png"))
     reports = [str(p) for p in review if p.suffix != ".png"]
-    return {k: v for k, v in (("plots", plots), ("review_reports", reports)) if v}
+    card = out / "model_card.md"
+    found: dict[str, Any] = {k: v for k, v in (("plots", plots), ("review_reports", reports)) if v}
+    return found | ({"model_card": str(card)} if card.is_file() else {})
 
 
 def registered_models(result: PipelineResult) -> list[dict[str, Any]]:
@@ -309,6 +322,11 @@ def unused_tune_keys(cfg: Config) -> list[str]:
 
 def check_pipeline(cfg: Config) -> None:
     """Refuse configs the pipeline cannot finish, before the first stage starts."""
+    if cfg.compress.teacher == "ensemble" and not cfg.tune.enabled:
+        raise InputError(
+            "compress.teacher=ensemble distils from the best sweep trials, but the sweep is off; "
+            "drop --no-sweep / set tune.enabled=true, or set compress.teacher=single"
+        )
     if cfg.trainer.num_nodes > 1:
         raise InputError(
             "dlforge run trains on this node only; launch multi-node training with torchrun or SLURM "

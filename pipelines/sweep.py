@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import ctypes
+import dataclasses
 import io
 import json
 import math
@@ -27,13 +28,15 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
+from dl_lightning.data.class_path import anchored, argument_keys, import_class_path, is_class_spec
 from dl_lightning.errors import InputError
 from pipelines import tracking
 from pipelines.config import Config, ConfigError, all_keys, build_config, dump_yaml
 from pipelines.outputs import write_json_atomic, write_text_atomic
 from pipelines.preflight import check_data
+from pipelines.sweep_insight import insight, read_results, resolve_warm_start, warm_start_points
 from pipelines.train import resolve_monitor, train
-from tune.settings import SweepJob
+from tune.settings import DEFAULT_SPACE, SweepJob
 from tune.space import Dimension, check_search, parse_space
 
 SWEEP_STATE_FILE = "dlforge_sweep.json"  # in the Ray experiment folder: the config and parent run of the sweep
@@ -67,6 +70,8 @@ class SweepResult:
     experiment_path: str
     run_id: str | None
     timing: dict[str, float] = field(default_factory=dict)
+    importance: dict[str, float] = field(default_factory=dict)  # fANOVA share of each searched key, largest first
+    insight_plots: dict[str, str] = field(default_factory=dict)  # importance, parallel, metric_vs_size → .png
 
     @property
     def stopped_early(self) -> list[str]:
@@ -87,7 +92,14 @@ def plan_sweep(cfg: Config) -> SweepPlan:
         InputError: one line naming the bad key, distribution, value or metric.
     """
     valid = [k for k in all_keys() if not k.startswith(UNSWEEPABLE)]
-    space = parse_space(cfg.tune.space, valid)
+    raw_space = cfg.tune.space
+    if is_class_spec(cfg.data.source):
+        valid, raw_space = _datamodule_space(cfg, valid)
+    if is_class_spec(cfg.model.family):  # a user's model: its own constructor arguments are keys too
+        from dl_lightning.user_model import argument_keys as model_argument_keys
+
+        valid = [*valid, *model_argument_keys(cfg.model.family)]
+    space = parse_space(raw_space, valid)
     check_search(space, cfg.tune.search, cfg.tune.scheduler)
     _check_values(cfg, space)
     if cfg.tune.scheduler == "pbt" and cfg.tune.workers_per_trial > 1:
@@ -99,6 +111,19 @@ def plan_sweep(cfg: Config) -> SweepPlan:
         )
     metric, mode = _metric_and_mode(cfg)
     return SweepPlan(space, metric, mode)
+
+
+def _datamodule_space(cfg: Config, valid: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """A DataModule source makes its own loaders: its constructor's arguments (``data.args.<name>``) replace the
+    ``data.*`` keys, and the default space's ``data.batch_size`` becomes ``data.args.batch_size`` (or is left out)."""
+    arguments = argument_keys(import_class_path(cfg.data.source, "data.source"), "data.args")
+    valid = [k for k in valid if not k.startswith("data.")] + arguments
+    if cfg.tune.space != DEFAULT_SPACE:
+        return valid, cfg.tune.space
+    space = {k: v for k, v in cfg.tune.space.items() if k != "data.batch_size"}
+    if "data.args.batch_size" in arguments:
+        space["data.args.batch_size"] = cfg.tune.space["data.batch_size"]
+    return valid, space
 
 
 def _check_values(cfg: Config, space: dict[str, Dimension]) -> None:
@@ -178,12 +203,16 @@ def sweep(
     saved = _load_state(resume) if resume else None
     plan = plan_sweep(cfg)
     job = sweep_job(cfg, plan, experiment=Path(resume).name if resume else experiment)
+    job = dataclasses.replace(job, points=() if resume else warm_start(cfg, plan))
     run_id = saved["run_id"] if saved else None
     with tracking.job_run(cfg, kind="sweep", name=_run_name(cfg), parent_run_id=parent_run_id, run_id=run_id) as run_id:
         experiment = Path(job.storage_path) / job.name
         _save_state(experiment, cfg, run_id)
         tracking.log_artifact(run_id, experiment / SWEEP_STATE_FILE)
-        trial_fn = TrainingTrial(cfg, plan.metric, run_id, job.storage_path)
+        # trials run in their own folders: a DataModule or model file named relative to this one must still be found
+        anchors = {key: anchored(cfg.flat()[key]) for key in ("data.source", "model.family")}
+        trial_cfg = cfg.with_overrides(anchors)
+        trial_fn = TrainingTrial(trial_cfg, plan.metric, run_id, job.storage_path)
         try:
             outcome = run_sweep(trial_fn, plan.space, job, resume=str(experiment) if resume else None)
         finally:  # Tune has returned or the driver is unwinding: no trial process is left to end its own run
@@ -192,6 +221,26 @@ def sweep(
         result = _write_outputs(cfg, plan, outcome, run_id, started)
         _log_to_parent(result, outcome, run_id)
     return result
+
+
+def warm_start(cfg: Config, plan: SweepPlan) -> tuple[dict[str, Any], ...]:
+    """``tune.warm_start``'s best configurations (up to half of ``tune.num_samples``) that fit this sweep's space.
+
+    Values outside the space are dropped, said in one line.
+
+    Raises:
+        InputError: the reference is neither a ``sweep_results.csv`` nor a sweep run in the configured store.
+    """
+    ref = cfg.tune.warm_start
+    if not ref:
+        return ()
+    path = resolve_warm_start(ref, lambda run: tracking.download_run_file(run, "sweep/sweep_results.csv", cfg))
+    limit = max(1, cfg.tune.num_samples // 2)  # the other half still explores the new space
+    points, dropped = warm_start_points(read_results(path), plan.space, plan.mode, limit)
+    if dropped:
+        print(f"tune.warm_start: dropped {len(dropped)} values outside the space: {'; '.join(dropped)}", flush=True)
+    print(f"tune.warm_start: the first {len(points)} trials start from {ref}'s best configurations", flush=True)
+    return tuple(points)
 
 
 def _raise_input_errors(outcome: Any) -> None:
@@ -389,6 +438,7 @@ def _write_outputs(cfg: Config, plan: SweepPlan, outcome: Any, run_id: str | Non
         best_config = str(write_text_atomic(output / "best_config.yaml", _best_yaml(final, best, plan)))
     results_csv = write_results_csv(output / "sweep_results.csv", trials, plan)
     plot = plot_trials(outcome.trials, plan, output / "sweep_trials.png", best.trial_id if best else None)
+    seen = insight(trials, plan.space, plan.metric, plan.mode, output)
     return SweepResult(
         output_dir=str(output),
         best_config=best_config,
@@ -403,6 +453,8 @@ def _write_outputs(cfg: Config, plan: SweepPlan, outcome: Any, run_id: str | Non
         experiment_path=outcome.experiment_path,
         run_id=run_id,
         timing=_timing(outcome, started),
+        importance=seen["importance"],
+        insight_plots=seen["plots"],
     )
 
 
@@ -502,13 +554,14 @@ def _log_to_parent(result: SweepResult, outcome: Any, run_id: str | None) -> Non
         tracking.set_tags(row["run_id"], {"dlforge.trial_status": row["status"], "dlforge.trial_epochs": row["epochs"]})
     metrics = {"sweep/trials": len(result.trials), "sweep/stopped_early": len(result.stopped_early)}
     metrics |= {f"sweep/{k}": v for k, v in result.timing.items()}
+    metrics |= {f"sweep/importance/{k}": v for k, v in result.importance.items()}
     if result.best_metric is not None:
         metrics[f"best/{result.metric}"] = result.best_metric
     tracking.log_metrics(run_id, metrics)
     tracking.set_tags(
         run_id, {"dlforge.best_trial": result.best_trial or "", "dlforge.experiment_path": result.experiment_path}
     )
-    for path in (result.results_csv, result.plot, result.best_config):
+    for path in (result.results_csv, result.plot, result.best_config, *result.insight_plots.values()):
         if path:
             tracking.log_artifact(run_id, path, "sweep")
 

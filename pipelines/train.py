@@ -14,14 +14,17 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from dl_lightning.data import DlforgeDataModule, Splits, load_splits
+from dl_lightning.data.class_path import is_class_spec
+from dl_lightning.data.user_datamodule import UserData, load_user_data
 from dl_lightning.errors import InputError
 from dl_lightning.metrics import stage_metrics
-from dl_lightning.registry import build_model, kind_for_family, monitor_for
+from dl_lightning.registry import build_model, kind_for_family, monitor_for, record_for
 from pipelines import finetune
 from pipelines.checkpoints import LAST, AtomicCheckpointIO, EpochSeed, LastCheckpoint
-from pipelines.config import Config
+from pipelines.config import Config, DataConfig
 from pipelines.guards import fit_guards
 
 
@@ -38,6 +41,7 @@ class TrainResult:
     is_global_zero: bool = True
     epochs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    wall_s: float | None = None  # the fit and test, for the model card
 
     def data_brief(self) -> dict[str, Any]:
         """The data facts worth a glance (summary.json, the logged model's metadata); the vocabulary stays in the
@@ -46,9 +50,12 @@ class TrainResult:
         return {k: self.data[k] for k in keep if k in self.data}
 
 
-def load_data(cfg: Config) -> Splits:
-    """The config's data, split and described; raises InputError on bad input before anything is written."""
+def load_data(cfg: Config) -> Splits | UserData:
+    """The config's data, split and described (or the user's DataModule, set up, and its spec); raises InputError
+    on bad input before anything is written."""
     d = cfg.data
+    if is_class_spec(d.source):
+        return _user_data(cfg)
     return load_splits(
         d.source,
         target=d.target,
@@ -62,6 +69,32 @@ def load_data(cfg: Config) -> Splits:
         test_fraction=d.test_fraction,
         seed=cfg.seed,
         impute=d.impute,
+    )
+
+
+def _user_data(cfg: Config) -> UserData:
+    """``data.source=pkg.module:Class``: the user's LightningDataModule, its notes printed once per process."""
+    d, defaults = cfg.data, DataConfig()
+    changed = [f.name for f in dataclasses.fields(d) if getattr(d, f.name) != getattr(defaults, f.name)]
+    data = load_user_data(d.source, d.args, changed=changed, kind=d.kind, task=d.task, num_classes=d.num_classes)
+    for note in set(data.notes) - _SAID:
+        _SAID.add(note)
+        print(note, flush=True)
+    return data
+
+
+def make_datamodule(cfg: Config, data: Splits | UserData, *, sampler: str | None = None) -> L.LightningDataModule:
+    """The DataModule a fit reads: the user's own, else dlforge's over the splits (``sampler`` defaults to
+    ``data.sampler``)."""
+    if isinstance(data, UserData):
+        return data.datamodule
+    return DlforgeDataModule(
+        data,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        augment=dataclasses.asdict(cfg.data.augment),
+        sampler=cfg.data.sampler if sampler is None else sampler,
+        seed=cfg.seed,
     )
 
 
@@ -103,8 +136,11 @@ def check_resources(cfg: Config) -> None:
         raise InputError(f"trainer.devices={t.devices} but this machine has {available} {unit}; lower it")
     if t.precision == "16-mixed" and not on_gpu:
         raise InputError("trainer.precision=16-mixed needs a GPU; use bf16-mixed or 32 on CPU")
-    if cfg.model.family == "gan" and (t.gradient_clip_val or t.accumulate_grad_batches > 1):
-        raise InputError("model.family=gan optimizes manually; unset trainer.gradient_clip_val/accumulate_grad_batches")
+    if record_for(cfg.model.family).manual_optimization and (t.gradient_clip_val or t.accumulate_grad_batches > 1):
+        raise InputError(
+            f"model.family={cfg.model.family} optimizes manually; "
+            "unset trainer.gradient_clip_val/accumulate_grad_batches"
+        )
     if t.devices > 1 and t.strategy == "auto":
         raise InputError("trainer.devices>1 needs trainer.strategy=ddp (or ddp_spawn)")
 
@@ -116,7 +152,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     run_id: str | None = None,
     test: bool = True,
-    splits: Splits | None = None,
+    splits: Splits | UserData | None = None,
 ) -> TrainResult:
     """Fit the configured family on the configured data, then test the best checkpoint.
 
@@ -127,20 +163,14 @@ def train(
         test: test the best checkpoint after fitting (sweep trials skip it).
         splits: the config's data, when the caller already loaded it (``pipelines.preflight.check_data``).
     """
+    started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     splits = splits if splits is not None else load_data(cfg)  # the CLI loads (and checks) it before any run
     model = build_model(cfg.model.family, splits.spec, cfg.model.arch(), optim_settings(cfg))
     extra = finetune.prepare(cfg, model, splits)  # init_from weights, class weights (before --resume's state)
-    datamodule = DlforgeDataModule(
-        splits,
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        augment=dataclasses.asdict(cfg.data.augment),
-        sampler=cfg.data.sampler,
-        seed=cfg.seed,
-    )
+    datamodule = make_datamodule(cfg, splits)
     callbacks = [*_family_callbacks(cfg), *finetune.callbacks(cfg), *callbacks]
     trainer, checkpoint, metrics = fit_module(
         cfg, model, datamodule, splits.spec.task, callbacks=callbacks, resume=resume, test=test
@@ -155,6 +185,7 @@ def train(
         is_global_zero=trainer.is_global_zero,
         epochs=trainer.current_epoch,
         extra=extra,
+        wall_s=round(time.perf_counter() - started, 1),
     )
 
 
@@ -163,12 +194,9 @@ def _existing(path: Path) -> str | None:
 
 
 def _family_callbacks(cfg: Config) -> list[Callback]:
-    """The GAN shows its progress as a grid of samples per epoch (under ``output_dir/samples``)."""
-    if cfg.model.family != "gan":
-        return []
-    from dl_lightning.modules.gan import SampleGridCallback
-
-    return [SampleGridCallback(Path(cfg.output_dir).absolute(), cfg.model.gan.sample_every_n_epochs)]
+    """The family's own callbacks, from its record (the GAN saves a grid of samples per epoch under ``samples``)."""
+    record = record_for(cfg.model.family)
+    return record.fit_callbacks(str(Path(cfg.output_dir).absolute()), cfg.model.arch())
 
 
 def fit_module(
@@ -196,7 +224,8 @@ def fit_module(
     callbacks = [checkpoint, *every_epoch, *_stopping(cfg, task), *guards, *callbacks]
     trainer = _make_trainer(cfg, callbacks)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)  # never unpickle code
-    metrics = _test(trainer, model, datamodule, checkpoint) if test else {}
+    # a user's LightningModule without a test_step is fitted, not tested
+    metrics = _test(trainer, model, datamodule, checkpoint) if test and is_overridden("test_step", model) else {}
     return trainer, checkpoint, metrics
 
 

@@ -87,7 +87,7 @@ def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> Lo
     tracking.log_metrics(run_id, result.metrics, step=result.epochs)
     tracking.set_tags(run_id, _data_tags(result.data))
     checkpoint = result.best_checkpoint or result.last_checkpoint
-    module = review.load_module(checkpoint) if checkpoint else None
+    module = review.load_module(checkpoint, cfg.model.family) if checkpoint else None
     folder = Path(cfg.output_dir).absolute() / "review"  # kept beside the checkpoints: reports embed them
     folder.mkdir(parents=True, exist_ok=True)
     files = _review_files(run_id, cfg, module, result, folder)
@@ -102,16 +102,41 @@ def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> Lo
 
 
 def _log_model(run_id: str, cfg: Config, result: TrainResult, module: Any, artifacts: tuple[str, ...]) -> LoggedOutputs:
-    """The model (and, with ``tracking.register``, a registry version), recorded on the run as logged."""
-    net, example = module.export_net()
-    model_uri = tracking.log_model(run_id, net, example, metadata={"data": result.data_brief()})
-    version = None
+    """With ``tracking.register``, the MLflow model and its registry version; recorded on the run as logged.
+
+    Without it the run keeps the best checkpoint only (the model is exported when it is registered: the pt2 export
+    costs seconds per job, which every unregistered training job used to pay).
+    """
+    model_uri = version = None
     if cfg.tracking.register:
+        net, example = module.export_net()
+        model_uri = tracking.log_model(run_id, net, example, metadata={"data": result.data_brief()})
         name = tracking.registered_model_name(cfg)
-        version = tracking.register_model(model_uri, name=name, run_id=run_id, tags=_version_tags(result))
+        text = _version_description(run_id, cfg, result, name) + _model_card(run_id, cfg, result, module)
+        version = tracking.register_model(
+            model_uri, name=name, run_id=run_id, tags=_version_tags(result), description=text
+        )
     outputs = {"epochs": result.epochs, "model_uri": model_uri, "model_version": version, "artifacts": artifacts}
     tracking.set_tags_safely(run_id, {OUTPUTS_TAG: json.dumps(outputs)})
     return LoggedOutputs(model_uri, version, artifacts)
+
+
+def _model_card(run_id: str, cfg: Config, result: TrainResult, module: Any) -> str:
+    """``model_card.md`` logged to the run; returned (after a rule) for the version's description. A card that
+    cannot be made is a warning and an empty string: the model was trained and is registered without it."""
+    from pipelines.model_card import train_card
+    from pipelines.train import load_data
+
+    try:
+        lineage = {"training run": run_id, "init_from": cfg.model.init_from}
+        card = train_card(cfg, result, module, load_data(cfg), lineage)
+        path = Path(cfg.output_dir).absolute() / "model_card.md"
+        path.write_text(card)
+        tracking.log_artifact(run_id, path)
+    except Exception as exc:  # the card describes the model; it must not keep it from the registry
+        log.warning("model card failed: %s: %s", type(exc).__name__, exc)
+        return ""
+    return "\n\n---\n\n" + card
 
 
 def _logged_before(run_id: str, epochs: int) -> LoggedOutputs | None:
@@ -141,7 +166,7 @@ def _review_files(run_id: str, cfg: Config, module: Any, result: TrainResult, fo
 
 def _log_dataset(run_id: str | None, cfg: Config, splits: Splits | None) -> None:
     """The data as the run's dataset inputs (one per split); a failure is a warning: the fit does not need it."""
-    if run_id is None or splits is None:
+    if run_id is None or not hasattr(splits, "train"):  # None, or a user's DataModule: it streams, no split sizes
         return
     sizes = {name: len(getattr(splits, name)[0]) for name in ("train", "val", "test")}
     try:
@@ -161,6 +186,19 @@ def _log_dataset(run_id: str | None, cfg: Config, splits: Splits | None) -> None
 def _data_tags(data: dict[str, Any]) -> dict[str, str]:
     tags = {"dlforge.data_fingerprint": data.get("fingerprint"), "dlforge.data_kind": data.get("kind")}
     return {k: str(v) for k, v in tags.items() if v}
+
+
+def _version_description(run_id: str, cfg: Config, result: TrainResult, name: str) -> str:
+    """Markdown for the registered PyTorch version: what it is, its test metrics, where it came from."""
+    tests = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith("test/")) or "none"
+    link = tracking.run_page(run_id)
+    source = f"[its training run]({link})" if link else "its training run"
+    return (
+        f"**{cfg.model.family}**: the trained PyTorch model (fp32, `torch.export` pt2) of {source}, "
+        f"{result.epochs} epochs on `{cfg.data.source}`.\n\nTest: {tests}. Its `mlflow.pyfunc` returns the raw "
+        f"outputs (logits); `models:/{name}-onnx@champion` serves labels and probabilities as `dlforge predict` "
+        "does. `dlforge run` records the teacher's gates on it (tag `dlforge.gates`)."
+    )
 
 
 def _version_tags(result: TrainResult) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The one adapter between Lightning and Ray: report each epoch to Tune, and undo PBT's stale optimizer state.
+"""The one adapter between Lightning and Ray: report each epoch to Tune, and undo PBT's stale optimizer state; and
+the sweep's progress on the driver's terminal (``TrialTable``).
 
 Imports ``lightning.pytorch`` only (never ``pytorch_lightning``): mixing the two namespaces is what breaks Ray's own
 Lightning callbacks (ray#39715, #47089).
@@ -7,14 +8,16 @@ Lightning callbacks (ray#39715, #47089).
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback
+from ray.tune import Callback as TuneCallback
 
 from dl_lightning.errors import InputError
 from dl_lightning.metrics import epoch_metrics
@@ -141,3 +144,86 @@ def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
     from ray import tune as ray_tune
 
     ray_tune.report(metrics, checkpoint=ray_tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+# ---------------------------------------------------------------- the sweep on the terminal (driver side)
+
+
+class TrialTable(TuneCallback):
+    """The sweep as a person reads it: on a terminal, one table of trials redrawn in place as they report (at most
+    every ``interval_s``, and at each trial's end); otherwise (a log file, a pipe) one line per finished trial.
+
+    Columns: trial, status, epochs done / planned, the last and best ``metric``.
+    """
+
+    def __init__(
+        self, metric: str, mode: str, max_epochs: int, *, stream: TextIO | None = None, interval_s: float = 0.5
+    ) -> None:
+        self.metric, self.mode, self.max_epochs, self.interval_s = metric, mode, max_epochs, interval_s
+        self._stream = stream
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._drawn_lines = 0
+        self._last_draw = 0.0
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stdout  # looked up late: pytest and the CLI swap sys.stdout
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._row(trial)["status"] = "running"
+        self._draw(force=False)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row, value = self._row(trial), result.get(self.metric)
+        row["epochs"] = result.get("training_iteration", row["epochs"])
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            row["last"] = value
+            better = row["best"] is None or (value > row["best"] if self.mode == "max" else value < row["best"])
+            row["best"] = value if better else row["best"]
+        self._draw(force=False)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # a scheduler (ASHA, HyperBand) or the time budget ends a trial early through the same call
+        self._finish(trial, "done" if self._row(trial)["epochs"] >= self.max_epochs else "stopped")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, f"failed ({trial.num_failures})")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._draw(force=True)
+
+    def _row(self, trial: Any) -> dict[str, Any]:
+        return self._rows.setdefault(trial.trial_id, {"status": "pending", "epochs": 0, "last": None, "best": None})
+
+    def _finish(self, trial: Any, status: str) -> None:
+        row = self._row(trial)
+        row["status"] = status
+        if not self._tty():
+            print(f"  trial {trial.trial_id}  {status}  {self._cells(row)}", file=self.stream, flush=True)
+        self._draw(force=True)
+
+    def _tty(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def _draw(self, *, force: bool) -> None:
+        """Redraw the table over its previous drawing (a terminal only), throttled unless ``force``."""
+        now = time.monotonic()
+        if not self._tty() or (not force and now - self._last_draw < self.interval_s):
+            return
+        lines = self.table_lines()
+        up = f"\x1b[{self._drawn_lines}F" if self._drawn_lines else ""  # back to the table's first line
+        self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        self.stream.flush()
+        self._drawn_lines, self._last_draw = len(lines), now
+
+    def table_lines(self) -> list[str]:
+        """The table as text lines: a header, then one row per trial in the order they were seen."""
+        header = f"  {'trial':<14}{'status':<13}{'epoch':<9}{self.metric + ' (last / best)'}"
+        return [header] + [
+            f"  {trial_id:<14}{row['status']:<13}{row['epochs']}/{self.max_epochs:<7}{self._cells(row)}"
+            for trial_id, row in self._rows.items()
+        ]
+
+    def _cells(self, row: dict[str, Any]) -> str:
+        shown = [f"{v:.4g}" if v is not None else "-" for v in (row["last"], row["best"])]
+        return f"{self.metric} {shown[0]} / best {shown[1]}" if not self._tty() else " / ".join(shown)

@@ -59,6 +59,9 @@ class TuneConfig:
     ray_address: str | None = None  # an existing cluster (else RAY_ADDRESS, else a local Ray)
     max_failures: int = field(default=0, metadata=_range(ge=0))  # retries of a crashed trial
     storage_path: str | None = None  # Ray results and trial checkpoints; default <output_dir>/tune
+    # seed the sweep with an earlier one's best configurations: its sweep run id or its sweep_results.csv path
+    # (values outside this space are dropped, one line each); the first trials evaluate them
+    warm_start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ class SweepJob:
     max_epochs: int  # the schedulers' max_t: one report per epoch
     name: str = "sweep"  # the Ray experiment: <storage_path>/<name>
     seed: int = 0
-    verbose: bool = True  # one line per trial epoch on the terminal
+    verbose: bool = True  # the trials table on a terminal (one line per finished trial otherwise)
+    points: tuple[dict[str, Any], ...] = ()  # configurations to evaluate first (tune.warm_start's, resolved)
 
     def __post_init__(self) -> None:
         for name in ("storage_path", "trials_dir"):

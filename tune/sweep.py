@@ -28,8 +28,8 @@ from ray import tune as ray_tune
 from ray.tune import Callback, Stopper, schedulers
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from dl_lightning.errors import InputError
-from tune.callbacks import CHECKPOINT_FILE
+from dl_lightning.errors import InputError, clip
+from tune.callbacks import CHECKPOINT_FILE, TrialTable
 from tune.integrity import guarded_files, record_digests, verify_experiment
 from tune.settings import SweepJob, TuneConfig
 from tune.space import Dimension, pbt_mutations, to_ray
@@ -305,7 +305,7 @@ def _restored_tuner(trial_fn: TrialFn, job: SweepJob, path: str) -> Any:
 
 def _run_config(job: SweepJob, clock: Callback) -> Any:
     stop = TrialTimeout(job.tune.trial_timeout_s) if job.tune.trial_timeout_s else None
-    progress = [ProgressLines(job.metric, job.max_epochs)] if job.verbose else []
+    progress = [TrialTable(job.metric, job.mode, job.max_epochs)] if job.verbose else []
     return ray_tune.RunConfig(
         name=job.name,
         storage_path=job.storage_path,
@@ -326,8 +326,10 @@ def _search_alg(job: SweepJob, concurrency: int) -> Any:
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(sampler=TPESampler(seed=job.seed))
-    return BasicVariantGenerator(max_concurrent=concurrency, random_state=job.seed)
+        return OptunaSearch(sampler=TPESampler(seed=job.seed), points_to_evaluate=list(job.points) or None)
+    return BasicVariantGenerator(
+        max_concurrent=concurrency, random_state=job.seed, points_to_evaluate=list(job.points) or None
+    )
 
 
 def _scheduler(space: Mapping[str, Dimension], job: SweepJob) -> Any:
@@ -436,7 +438,7 @@ def _is_number(value: Any) -> bool:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     cause = [line for line in text if line.strip() and not line.startswith((" ", "Traceback"))]
-    return (cause[-1] if cause else type(error).__name__)[:300]
+    return clip(cause[-1] if cause else type(error).__name__, 300)
 
 
 # ---------------------------------------------------------------- Tune callbacks (driver side)
@@ -518,22 +520,3 @@ class TrialClock(Callback):
             if before:
                 gaps.append(start - max(before))
         return statistics.median(gaps) if gaps else None
-
-
-class ProgressLines(Callback):
-    """One plain line per trial epoch and per trial end, instead of Ray's redrawn status tables."""
-
-    def __init__(self, metric: str, max_epochs: int) -> None:
-        self.metric, self.max_epochs = metric, max_epochs
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        value = result.get(self.metric)
-        shown = f"{value:.4f}" if _is_number(value) else "-"
-        epoch = result.get("training_iteration", 0)
-        print(f"  trial {trial.trial_id}  epoch {epoch}/{self.max_epochs}  {self.metric} {shown}", flush=True)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"  trial {trial.trial_id}  ended", flush=True)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"  trial {trial.trial_id}  failed (failure {trial.num_failures})", flush=True)

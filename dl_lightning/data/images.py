@@ -11,8 +11,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dl_lightning.data.raw import RawData, first_line
-from dl_lightning.errors import InputError
+from dl_lightning.data.raw import RawData
+from dl_lightning.errors import InputError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GRAY_MODES = ("L", "1")

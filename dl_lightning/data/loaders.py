@@ -16,10 +16,10 @@ import numpy as np
 from sklearn import datasets
 
 from dl_lightning.data.images import ImageSize, read_image_folder
-from dl_lightning.data.raw import RawData, check_finite, first_line
+from dl_lightning.data.raw import RawData, check_finite
 from dl_lightning.data.spec import Kind, Task
 from dl_lightning.data.tables import read_table, table_kind
-from dl_lightning.errors import InputError
+from dl_lightning.errors import InputError, first_line
 
 PYTHON_DOCS_TOPICS = ("compound", "debugger", "specialnames", "types")
 

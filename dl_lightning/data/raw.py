@@ -38,8 +38,3 @@ def check_finite(values: np.ndarray, what: str, name: str) -> None:
     if bad:
         raise InputError(f"{what} in {name} has {bad} NaN/Inf values — fill or drop them")
     check_float32_range(values, what, name)
-
-
-def first_line(err: Exception) -> str:
-    """The first line of an exception's message, so a wrapped library error stays a one-line InputError."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from dl_lightning.data.bounds import check_float32_range, check_table_file
-from dl_lightning.data.raw import RawData, first_line
+from dl_lightning.data.raw import RawData
 from dl_lightning.data.spec import Kind
-from dl_lightning.errors import InputError
+from dl_lightning.errors import InputError, first_line
 
 DEFAULT_TARGETS = ("target", "label")
 # A string column is free text when its values average at least this many words; fewer look like categories.

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection, R2Score
+from torchmetrics import MeanSquaredError, Metric, MetricCollection, R2Score
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -20,7 +20,6 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import MeanAbsoluteError
 
-from dl_lightning.errors import InputError
 from dl_lightning.modules.optim import (
     build_optimizer,
     build_scheduler,
@@ -36,6 +35,37 @@ FAMILY_KEY = "dlforge_family"
 STAGES = ("train", "val", "test")
 
 
+class RunningMean(Metric):
+    """The mean of every value added since the last reset, synced across ranks (sums) when computed.
+
+    ``add`` is the per-step path: two in-place tensor additions and no host sync — a tenth of torchmetrics'
+    ``MeanMetric.update`` (input casting, NaN checks, weight broadcasting, the update wrapper), which was most of
+    what dlforge added to a short training step. A NaN stays in the mean: a diverged loss is not hidden.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")  # the default dtype, as MeanMetric: MPS has
+        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")  # no float64
+
+    def add(self, total: torch.Tensor, count: int) -> None:
+        """Add ``count`` values whose sum is ``total`` (a 0-d tensor; detached)."""
+        self.total += total.detach()
+        self.count += count
+        self._update_count += 1  # what Metric.update's wrapper records: compute() then knows it has data
+        self._computed = None
+
+    def update(self, values: torch.Tensor) -> None:
+        """Add every element of ``values``."""
+        self.total += values.detach().sum()
+        self.count += values.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
+
+
 def example_input(data: dict, batch: int = 2) -> torch.Tensor:
     """A batch shaped and typed like real input: int64 token ids (1 = unknown, not padding) or float zeros."""
     shape = (batch, *data["input_shape"])
@@ -49,15 +79,12 @@ class FamilyModule(L.LightningModule):
     fields plus ``max_epochs``), so checkpoints load with ``torch.load(weights_only=True)``.
     """
 
-    family: ClassVar[str]
-    accepts: ClassVar[frozenset[str]]
+    family: ClassVar[str]  # the name its record is registered under (dl_lightning.families)
     # names of parameters loaded from an earlier model (model.init_from): optim.backbone_lr_scale applies to them
     backbone_names: frozenset[str] = frozenset()
 
     def init_family(self, data: dict, optim: dict | None) -> None:
-        if data["kind"] not in self.accepts:
-            kinds = " or ".join(sorted(self.accepts))
-            raise InputError(f"model.family={self.family} needs {kinds} data but the data is {data['kind']}")
+        # the data kind was checked against the family's record by registry.build_model
         self.data_spec = data
         self.optim_cfg = resolve_optim(optim)
         self._pending_optim = False  # apply_hyperparameters called before the optimizers existed
@@ -123,12 +150,13 @@ class SupervisedModule(FamilyModule):
         # Train: one running mean per epoch — accuracy is the mean of per-example hits, MSE of squared errors —
         # the values of torchmetrics' Accuracy/MSE at a fifth of their per-step cost, and no AUROC buffers.
         score = "acc" if self.classification else "mse"
-        self.train_metrics = MetricCollection({score: MeanMetric(nan_strategy="disable")}, prefix="train/")
+        self.train_score = RunningMean()
+        self.train_metrics = MetricCollection({score: self.train_score}, prefix="train/")
         self.val_metrics = full.clone(prefix="val/")
         self.test_metrics = full.clone(prefix="test/")
-        # Mean loss per stage, weighted by batch size and synced across ranks when computed; "disable" keeps a NaN
-        # in the mean (the default would drop it with a warning and hide a diverged validation).
-        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in STAGES)
+        # Mean loss per stage, weighted by batch size and synced across ranks when computed; a NaN stays in the
+        # mean (dropping it would hide a diverged validation).
+        self.train_loss, self.val_loss, self.test_loss = (RunningMean() for _ in STAGES)
         self._logged: set[str] = set()  # stages whose metric objects are registered with Lightning this epoch
         # data.class_weights=balanced: derived from the train split at build time; not persistent, so checkpoints
         # keep their tensors and a resumed fit recomputes the same weights from the same split
@@ -172,16 +200,21 @@ class SupervisedModule(FamilyModule):
         """Data loss of one batch; updates the stage's metric objects, which Lightning computes once per epoch."""
         x, y = batch[0], batch[1]
         out = self(x)  # (B, K)
-        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         if self.classification:
             y = y.long()
             loss = F.cross_entropy(out, y, weight=self.class_weight if stage == "train" else None)
-            inputs = ((out.argmax(dim=1) == y).float(),) if stage == "train" else (out.softmax(dim=1), y)
+            if stage == "train":  # hits per example, summed on the device: no host sync per step
+                self.train_score.add((out.detach().argmax(dim=1) == y).sum(), len(y))
+                return loss
+            inputs = (out.softmax(dim=1), y)
         else:
             pred, y = out.reshape(-1), y.reshape(-1).to(out.dtype)  # (B,) each; targets may arrive as (B, 1)
             loss = F.mse_loss(pred, y)
-            inputs = ((pred.detach() - y).square(),) if stage == "train" else (pred, y)
-        metrics.update(*inputs)
+            if stage == "train":
+                self.train_score.add((pred.detach() - y).square().sum(), len(y))
+                return loss
+            inputs = (pred, y)
+        getattr(self, f"{stage}_metrics").update(*inputs)
         return loss
 
     def _track(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
@@ -191,10 +224,8 @@ class SupervisedModule(FamilyModule):
         handed over, and each ``self.log`` call walks Lightning's whole result collection: calling it every step
         was most of dlforge's per-step overhead over a plain PyTorch loop (docs/benchmarks.md).
         """
-        mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
-        # One entry per example: the batch-size-weighted mean. (Not weight=: torchmetrics 1.9 replaces the weights
-        # with ones under nan_strategy="disable".)
-        mean_loss.update(loss.detach().expand(batch_size))
+        mean_loss: RunningMean = getattr(self, f"{stage}_loss")
+        mean_loss.add(loss.detach() * batch_size, batch_size)  # the batch-size-weighted mean over examples
         if stage in self._logged:
             return
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True)

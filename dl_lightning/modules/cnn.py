@@ -10,7 +10,6 @@ from dl_lightning.nets.cnn import CNNNet
 
 class CNNModule(SupervisedModule):
     family: ClassVar[str] = "cnn"
-    accepts: ClassVar[frozenset[str]] = frozenset({"image", "sequence"})
 
     def __init__(
         self,

@@ -38,7 +38,6 @@ class GANModule(FamilyModule):
     """
 
     family: ClassVar[str] = "gan"
-    accepts: ClassVar[frozenset[str]] = frozenset({"image"})
 
     def __init__(
         self,
@@ -214,3 +213,8 @@ def save_image_grid(images: torch.Tensor, path: Path, pad: int = 1) -> None:
         image = image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+
+
+def sample_grid_callbacks(output_dir: str, section: dict[str, Any]) -> list[L.Callback]:
+    """The GAN's own fit callbacks (its record names this): a grid of samples every few epochs."""
+    return [SampleGridCallback(Path(output_dir), section.get("sample_every_n_epochs", 1))]

@@ -10,7 +10,6 @@ from dl_lightning.nets.mlp import MLPNet
 
 class MLPModule(SupervisedModule):
     family: ClassVar[str] = "mlp"
-    accepts: ClassVar[frozenset[str]] = frozenset({"tabular", "image", "sequence", "text"})
 
     def __init__(
         self,

@@ -11,7 +11,6 @@ from dl_lightning.nets.rnn import CELLS, RNNNet
 
 class RNNModule(SupervisedModule):
     family: ClassVar[str] = "rnn"
-    accepts: ClassVar[frozenset[str]] = frozenset({"sequence", "text"})
 
     def __init__(
         self,

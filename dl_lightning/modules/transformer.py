@@ -11,7 +11,6 @@ from dl_lightning.nets.transformer import TransformerNet
 
 class TransformerModule(SupervisedModule):
     family: ClassVar[str] = "transformer"
-    accepts: ClassVar[frozenset[str]] = frozenset({"sequence", "text"})
 
     def __init__(
         self,

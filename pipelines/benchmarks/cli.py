@@ -10,7 +10,7 @@ from dl_lightning.errors import InputError
 from pipelines.outputs import check_writable
 
 NAMES = (
-    *("loop", "tracking", "ddp", "sweeps", "compression", "distill", "input", "main_job", "quality"),
+    *("loop", "tracking", "process", "gpu", "ddp", "sweeps", "compression", "distill", "input", "main_job", "quality"),
     *("transfer", "imbalance"),
 )
 BENCH_HELP = "run the benchmarks (side-by-side ratios, median of repeats) and write <out>.json and <out>.md"

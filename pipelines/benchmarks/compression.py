@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from dl_lightning.errors import clip
 from pipelines.benchmarks.common import BenchContext, BenchResult, Row, interleave, median, quiet, ratio
 from pipelines.config import Config, load_config
 
@@ -256,4 +257,4 @@ def _cause(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines[:2])[:300] if lines else type(exc).__name__
+    return clip(" ".join(lines[:2]), 300) if lines else type(exc).__name__

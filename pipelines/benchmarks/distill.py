@@ -6,10 +6,13 @@ compress stage's own code (``pipelines.compression.students.train_students``) tw
 as its from-scratch twin — same seed, initial weights, data, batches, mixed copies, epochs and lr schedule, labels
 where the teacher would speak. With mixup on, the same student is also trained plainly (labels only, no mixed
 copies), so that the twin is checked to be no weaker than what a user would otherwise train: the gain is counted
-against the stronger of the two. All are scored on the same test split, 30% of the data (one test sample ≤ 0.33
-points). The data are scikit-learn's: a made-up table for the MLP — 3,000 clean rows, and 1,000 rows with 20% of
-the labels redrawn at random (a small, noisy set where a net from scratch overfits) — and digits as 8×8 images for
-the CNN and as 8 steps × 8 features for the RNN and the transformer.
+against the stronger of the two. With ``compress.inherit`` on (the default) the distilled student starts from its
+teacher's weights (``dl_lightning.inherit``) while the twin starts random; a third arm, the inherited student trained
+as the twin is (labels only), splits the gain into what the teacher's weights give and what its outputs add.
+All are scored on the same test split, 30% of the data (one test sample ≤ 0.33 points). The data are
+scikit-learn's: a made-up table for the MLP — 3,000 clean rows, and 1,000 rows with 20% of the labels redrawn at
+random (a small, noisy set where a net from scratch overfits) — and digits as 8×8 images for the CNN and as 8 steps ×
+8 features for the RNN and the transformer.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def _slug(case: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in case)
 
 
-def case_config(ctx: BenchContext, case: str, epochs: int) -> Config:
+def case_config(ctx: BenchContext, case: str, epochs: int, extra: tuple[str, ...] = ()) -> Config:
     out = ctx.folder(f"distill-{_slug(case)}")
     data = []
     if case.startswith("mlp"):
@@ -72,19 +75,23 @@ def case_config(ctx: BenchContext, case: str, epochs: int) -> Config:
             "tracking.enabled=false",
             "compress.epochs=auto",  # the student's budget is the teacher's
             f"output_dir={out}",
+            *extra,
         ],
     )
 
 
-def measure_case(ctx: BenchContext, case: str, epochs: int, seeds: tuple[int, ...]) -> dict[str, Any]:
-    """Test accuracy of the teacher, and per seed of the distilled student, its twin and (mixup on) the plain one."""
+def measure_case(
+    ctx: BenchContext, case: str, epochs: int, seeds: tuple[int, ...], extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Test accuracy of the teacher, and per seed of the distilled student, its twin, (mixup on) the plain one and
+    (compress.inherit on) the inherited student trained on labels alone; ``extra``: more config overrides."""
     from pipelines.compression.measure import score
     from pipelines.compression.students import sized_student_arch, train_students
     from pipelines.compression.teacher import load_teacher
     from pipelines.export import run_torch
     from pipelines.train import load_data, train
 
-    cfg = case_config(ctx, case, epochs)
+    cfg = case_config(ctx, case, epochs, extra)
     with quiet():
         trained = train(cfg)
     teacher = load_teacher(trained.best_checkpoint, cfg)
@@ -104,6 +111,9 @@ def measure_case(ctx: BenchContext, case: str, epochs: int, seeds: tuple[int, ..
         if cfg.compress.mixup > 0:  # the twin has mixed copies too: check it against a plain fit, labels only
             with quiet():
                 run["plain"] = acc(plain_student(seeded, teacher, splits, family_name, arch))
+        if cfg.compress.inherit:  # which part of the gain is the teacher's weights, which its outputs
+            with quiet():
+                run["inherited"] = acc(inherited_student(seeded, teacher, splits, family_name, arch))
         runs.append(run)
     params = {name: _params(m) for name, m in (("teacher", teacher.module), ("student", distilled))}
     return {"teacher": acc(teacher.module), "runs": runs, "params": params, "test_size": len(test_y)}
@@ -116,11 +126,28 @@ def _params(module) -> int:
 def plain_student(cfg: Config, teacher: Any, splits: Any, family: str, arch: dict[str, Any]) -> Any:
     """The same student, seed and budget fitted the ordinary way: labels only, no mixed copies."""
     from pipelines.compression.students import _build_student, _fit, student_fit_config
+    from pipelines.ledger import stage_key
 
     fit_cfg = student_fit_config(cfg, teacher, family)
     module = _build_student(fit_cfg, teacher, family, arch)
-    _fit(fit_cfg, module, splits, "plain")
+    _fit(fit_cfg, module, splits, "plain", stage_key(fit_cfg.to_dict(), arch, family, "plain"))
     return module
+
+
+def inherited_student(cfg: Config, teacher: Any, splits: Any, family: str, arch: dict[str, Any]) -> Any:
+    """The student started from its teacher's weights, then trained as the twin is: labels, never the teacher's
+    outputs — what inheritance alone gives."""
+    from dl_lightning.distill import DistillModule
+    from pipelines.compression.students import _build_student, _fit, inherit_teacher, student_fit_config
+    from pipelines.ledger import stage_key
+
+    c = cfg.compress
+    fit_cfg = student_fit_config(cfg, teacher, family)
+    student = _build_student(fit_cfg, teacher, family, arch)
+    inherit_teacher(student, teacher, family)
+    module = DistillModule(student, None, teacher.spec.task, c.alpha, c.temperature, c.mixup)
+    _fit(fit_cfg, module, splits, "inherited", stage_key(fit_cfg.to_dict(), arch, family, "inherited"))
+    return student
 
 
 def _mean_spread(values: list[float]) -> tuple[float, list[float], float]:
@@ -151,6 +178,10 @@ def case_rows(case: str, job: dict[str, Any]) -> list[Row]:
         )
         if plain > scratch:
             baseline, against, key = plain, "plain student", "plain"
+    if all("inherited" in r for r in runs):
+        mean, low_high, sd_ = _mean_spread([r["inherited"] for r in runs])
+        note_ = f"sd {sd_:.2f}; the teacher's weights, then labels only"
+        rows.append(Row(f"{case}: inherited student (labels only), mean", mean, "%", note=note_, spread=low_high))
     gains = [(r["distilled"] - r[key]) * 100 for r in runs]
     sd = statistics.stdev(gains) if len(gains) > 1 else 0.0
     note = (
@@ -196,7 +227,7 @@ def run(ctx: BenchContext) -> BenchResult:
         "test fraction": TEST_FRACTION,
         "teacher epochs": epochs,
         "student": f"≤ {c.student.max_params:g} of the teacher's parameters, epochs auto (the teacher's), lr schedule "
-        f"{c.schedule}, alpha {c.alpha:g}, temperature {c.temperature:g}, mixup {c.mixup:g}",
+        f"{c.schedule}, alpha {c.alpha:g}, temperature {c.temperature:g}, mixup {c.mixup:g}, inherit {c.inherit}",
         "seeds": list(seeds),
     }
     return BenchResult("distill", TITLE, rows, interpretation(rows, cases, c, len(seeds)), setup, raw)
@@ -217,8 +248,8 @@ def interpretation(rows: list[Row], cases: list[str], c: CompressConfig, n_seeds
         f"{k} {teacher[k].value - max(twin[k].value, plain[k].value if k in plain else 0):+.2f}" for k in cases
     )
     mixup = (
-        f"every batch is extended by mixed copies of its examples (Beta({c.mixup:g}, {c.mixup:g})) that only the "
-        "teacher labels"
+        f"every batch is extended by mixed copies of its examples (Beta({c.mixup:g}, {c.mixup:g})), targets the "
+        "teacher's outputs and mixup's blended labels"
         if c.mixup
         else "no mixed copies"
     )
@@ -239,10 +270,35 @@ def interpretation(rows: list[Row], cases: list[str], c: CompressConfig, n_seeds
             if plain
             else []
         ),
+        *_inheritance_lines(rows, cases),
         f"- Recipe (Hinton et al. 2015; Beyer et al. 2022): teacher and student see the same batch, augmented alike; "
         f"{mixup}; the student trains as long as its teacher did (compress.epochs: auto), never stopped early; the "
         f"hard-label term weighs alpha {c.alpha:g}, the soft term (T² · KL at temperature {c.temperature:g}) the "
-        "rest. The twin gets the identical recipe with labels in the teacher's place, the same seed and initial "
-        "weights, so the gap is the teacher's.",
+        "rest. The twin gets the identical recipe with labels in the teacher's place and the same seed"
+        + (
+            "; the distilled student starts from its teacher's weights (compress.inherit), the twin from random ones,"
+            " so the gap is the teacher's: its weights and its outputs."
+            if c.inherit
+            else " and initial weights, so the gap is the teacher's."
+        ),
     ]
     return "\n".join(lines)
+
+
+def _inheritance_lines(rows: list[Row], cases: list[str]) -> list[str]:
+    """Where the gain comes from, where the inherited arm ran: the teacher's weights, then its outputs."""
+    inherited = _by_case(rows, "inherited student (labels only), mean")
+    if not inherited:
+        return []
+    distilled, twin = _by_case(rows, "distilled student, mean"), _by_case(rows, "from-scratch twin, mean")
+    plain = _by_case(rows, "plain student (labels only), mean")
+    parts = []
+    for k in (k for k in cases if k in inherited):
+        scratch = max(twin[k].value, plain[k].value if k in plain else twin[k].value)
+        weights, outputs = inherited[k].value - scratch, distilled[k].value - inherited[k].value
+        parts.append(f"{k} {weights:+.2f} + {outputs:+.2f}")
+    return [
+        "- Where the gain comes from (compress.inherit: the student starts from its teacher's leading slices), in "
+        "points — the teacher's weights (inherited student on labels alone minus the stronger scratch student) + its "
+        "outputs (distilled minus that inherited student): " + ", ".join(parts) + "."
+    ]

@@ -31,6 +31,7 @@ from pipelines.train import load_data, optim_settings, resolve_monitor, train
 
 TITLE = "Training-loop overhead: dlforge train vs a plain PyTorch loop"
 TARGET = 1.10
+ADDED_TARGET = 1.05  # what dlforge adds on top of the smallest LightningModule for the same job
 CASES = {"digits_cnn": "configs/digits_cnn.yaml", "breast_cancer_mlp": "configs/breast_cancer_mlp.yaml"}
 # What makes the two jobs the same job: no augmentation or lr schedule to reimplement, no tracking, no early stop.
 FAIR = [
@@ -247,7 +248,9 @@ def case_rows(name: str, runs: dict[str, list[dict[str, Any]]]) -> list[Row]:
     lightning_cost = ratio_row(
         f"{name}: epoch time, minimal Lightning / PyTorch", *_steady(lightning, plain, "epoch_s")
     )
-    added = ratio_row(f"{name}: epoch time, dlforge / minimal Lightning", *_steady(ours, lightning, "epoch_s"))
+    added = ratio_row(
+        f"{name}: epoch time, dlforge / minimal Lightning", *_steady(ours, lightning, "epoch_s"), ADDED_TARGET
+    )
     loss_gap = max(abs(o["loss"] - p["loss"]) for o, p in zip(ours, plain, strict=True))
     weights = max(max_weight_diff(o["state"], p["state"]) for o, p in zip(ours + lightning, plain + plain, strict=True))
     fair = Row(
@@ -276,7 +279,8 @@ def interpretation(rows: list[Row], setup: dict[str, Any]) -> str:
             f"the ≤ {TARGET:g} target — {per_epoch.value * 1e3:.0f} ms per epoch, {per_step.value:.2f} ms per "
             f"training step. Split: the minimal LightningModule already takes {lightning.value:.2f}× the plain loop "
             f"(Lightning's loop, hooks and checkpoint format), and dlforge adds {added.value:.2f}× on top (its "
-            "metric sets, guards and epoch line). "
+            f"metric sets, guards, fsynced checkpoints and epoch line; target ≤ {ADDED_TARGET:g}: "
+            f"{'met' if added.met else 'missed'}). "
             + ("The runs agree (" if fair.met else "The runs do NOT agree (")
             + f"final train loss |Δ| {fair.value:.1e}; {fair.note}), so all three trained the same model."
         )
@@ -288,9 +292,12 @@ def interpretation(rows: list[Row], setup: dict[str, Any]) -> str:
         f"overhead per epoch ({_per_epoch_summary(rows)}) is to be read against the 0.05–0.3 s per epoch that "
         "Lightning's own parity test against plain PyTorch allows. What dlforge itself added was measured and "
         "cut: every `self.log` call walks Lightning's result collection, so the metric objects of each stage "
-        "(train, val, test) are handed to Lightning once per epoch instead of every step, and the train-time "
-        "accuracy/MSE are running means (torchmetrics `MeanMetric`, a fifth of `MulticlassAccuracy`'s update "
-        "cost) with the same values — the equal losses above are the check."
+        "(train, val, test) are handed to Lightning once per epoch instead of every step, and the train loss and "
+        "accuracy/MSE are running sums on the device (`RunningMean.add`: two in-place additions, no host sync, "
+        "about a third of torchmetrics' `MeanMetric.update` and a tenth of `MulticlassAccuracy`'s), computed once "
+        "at epoch end with the same values — the equal losses above are the check. What stays is chosen: every "
+        "checkpoint is fsynced before its rename (a crash or full disk never leaves a torn `last.ckpt`), about "
+        "10–20 ms a save on this disk, and the validation metric set (balanced accuracy, F1, AUROC…)."
     )
     return "\n".join(lines)
 

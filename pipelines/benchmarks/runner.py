@@ -17,6 +17,8 @@ from pipelines.outputs import write_json_atomic, write_text_atomic
 BENCHMARKS = {
     "loop": "pipelines.benchmarks.loop",
     "tracking": "pipelines.benchmarks.tracking_overhead",
+    "process": "pipelines.benchmarks.process",
+    "gpu": "pipelines.benchmarks.gpu",
     "ddp": "pipelines.benchmarks.ddp",
     "sweeps": "pipelines.benchmarks.sweeps",
     "compression": "pipelines.benchmarks.compression",

@@ -2,7 +2,7 @@
 
 scikit-learn's digits (8×8 images) are cut in two by class: 0–4 and 5–9. A CNN is trained on all of 0–4's
 training rows. Then, for each of three seeds, the same CNN learns 5–9 from 10% of their training rows — once with
-``model.init_from`` set to the 0–4 model (its output layer stays fresh: other classes), once from random weights —
+``model.init_from`` set to the 0–4 model (its head stays fresh: other classes), once from random weights —
 with the same epochs, data and seed, through ``pipelines.train.train`` as ``dlforge train`` runs it. Both are
 scored on the same 5–9 test rows (a fixed test split in the .npz).
 """
@@ -21,7 +21,7 @@ from pipelines.config import Config, load_config
 TITLE = "Transfer: fine-tuned from digits 0–4 vs from scratch, on 10% of digits 5–9 (3 seeds)"
 SEEDS = (0, 1, 2)
 FRACTION = 0.1  # of the new classes' training rows
-GAIN = 0.0  # target: fine-tuning ahead of scratch (points of test accuracy, mean of the seeds)
+GAIN = 0.5  # target: fine-tuning ahead of scratch by this many points of test accuracy, mean of the seeds
 EPOCHS, SOURCE_EPOCHS, QUICK_EPOCHS = 20, 15, 1
 # val/loss picks the best epoch: val/acc on ~9 validation rows ties early and keeps the first epoch to reach it
 NET = [
@@ -101,7 +101,7 @@ def result_rows(job: dict[str, Any]) -> list[Row]:
             "digits 5–9, fine-tuned: test accuracy, mean of seeds",
             tuned,
             "%",
-            note=f"{first['loaded']} tensors loaded, {first['skipped']} fresh (output layer, normalization)",
+            note=f"{first['loaded']} tensors loaded, {first['skipped']} fresh (head, normalization)",
         ),
         Row(
             "digits 5–9, from scratch: test accuracy, mean of seeds",
@@ -132,10 +132,12 @@ def run(ctx: BenchContext) -> BenchResult:
     interpretation = (
         f"- Fine-tuning {verdict}: {gain.value:+.2f} points of test accuracy over the same CNN from scratch "
         f"(target > {GAIN:g}), with the same {epochs} epochs, rows and seeds (per seed in the table: one test row is "
-        f"{100 / job['test_rows']:.2f} points). The margin is small because this CNN learns 8×8 digits from a few "
-        "dozen rows well already; what 0–4 taught it (strokes, curves) shortens the way, it does not open a new one.\n"
-        "- How: `model.init_from=<0–4 checkpoint>`; every tensor alike in name and shape is loaded, the output layer "
-        "(other classes) and the input normalization (this data's) stay fresh. No freezing, one lr."
+        f"{100 / job['test_rows']:.2f} points). Scratch already learns 8×8 digits well from a few dozen rows; what "
+        "0–4 taught the convolutions (strokes, curves) shortens the way.\n"
+        "- How: `model.init_from=<0–4 checkpoint>`; every tensor alike in name and shape is loaded; the head (the "
+        "classifier after the convolutions: other classes) and the input normalization (this data's) stay fresh. "
+        "Keeping the head's hidden layer, whose features had collapsed onto digits 0–4, measured +0.12 points. No "
+        "freezing, one lr: `model.freeze=[net.features] trainer.unfreeze_at_epoch=5` measured +1.36.\n"
     )
     setup = {
         "data": "sklearn digits 8×8 as images; classes 0–4 → source, 5–9 → target (30% of 5–9 held out as test)",

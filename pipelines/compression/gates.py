@@ -41,7 +41,7 @@ def preference(cfg: Config, teacher: Teacher) -> list[str]:
     other = "student" if model == "teacher" else "teacher"
     order = [first, model if quantized else f"{model}-int8", f"{other}-int8" if quantized else other]
     order.append(other if quantized else f"{other}-int8")
-    if teacher.family == "gan":
+    if teacher.record.generative:
         order = [key.replace("teacher", "generator") for key in order]
     return order
 

@@ -18,12 +18,14 @@ import torch
 from torch import nn
 
 from dl_lightning.data import Splits
+from dl_lightning.data.user_datamodule import UserData
 from pipelines import export
 from pipelines.compression.results import Row
 from pipelines.compression.teacher import Teacher
 from pipelines.config import Config
 
 PARITY_BATCHES = 4
+STREAMED_TEST_EXAMPLES = 10_000  # a DataModule's test data may not fit in memory: score this many (whole batches)
 LATENCY_BATCHES = (1, 64)
 
 
@@ -42,21 +44,34 @@ class Probe:
         return self.test_x[np.arange(n) % len(self.test_x)]
 
 
-def make_probe(cfg: Config, teacher: Teacher, splits: Splits) -> Probe:
+def make_probe(cfg: Config, teacher: Teacher, splits: Splits | UserData) -> Probe:
     """The probe of ``splits`` (seeded by ``cfg.seed``); for a GAN, a fixed set of noise vectors instead."""
     b, rng = cfg.data.batch_size, np.random.default_rng(cfg.seed)
-    if teacher.family == "gan":  # the generator's inputs are noise: a fixed, seeded set stands in for data
+    if teacher.record.generative:  # the generator's inputs are noise: a fixed, seeded set stands in for data
         latent = teacher.module.export_net()[1].shape[1]
         noise = rng.standard_normal((256, latent)).astype(np.float32)
         return Probe(
             noise, None, _batches(noise, b, PARITY_BATCHES), _batches(noise, b, cfg.compress.calibration_batches), None
         )
+    if isinstance(splits, UserData):
+        return _streamed_probe(cfg, splits)
     train_x = splits.train[0][rng.permutation(len(splits.train[0]))]
     val_x = splits.val[0]
     parity = [*_batches(val_x, b, PARITY_BATCHES), val_x[:1]]  # batch 1 too: a dynamic axis must really be dynamic
     return Probe(
         splits.test[0], splits.test[1], parity, _batches(train_x, b, cfg.compress.calibration_batches), splits.spec.task
     )
+
+
+def _streamed_probe(cfg: Config, data: UserData) -> Probe:
+    """The probe of a user's DataModule, read without gathering its data: parity and static-INT8 calibration
+    batches from its val loader, scores on its first :data:`STREAMED_TEST_EXAMPLES` test examples."""
+    val = data.val_inputs(max(PARITY_BATCHES, cfg.compress.calibration_batches))
+    test_x, test_y, cut = data.test_examples(STREAMED_TEST_EXAMPLES)
+    if cut:
+        print(f"compress: every model is scored on the first {len(test_x)} test examples of {data.source}", flush=True)
+    parity = [*val[:PARITY_BATCHES], val[0][:1]]
+    return Probe(test_x, test_y, parity, val[: cfg.compress.calibration_batches], data.spec.task)
 
 
 def _batches(x: np.ndarray, size: int, count: int) -> list[np.ndarray]:

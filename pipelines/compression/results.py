@@ -51,6 +51,7 @@ class CompressResult:
     student: dict[str, Any] = field(default_factory=dict)
     registered: dict[str, Any] | None = None  # name, versions; version, alias, uri, model — of the champion
     champion: str | None = None
+    autotune: dict[str, Any] = field(default_factory=dict)  # role → the autotuner's attempts (quantization=auto)
 
     @property
     def passed(self) -> bool:

@@ -13,23 +13,26 @@ preference order whose own gates passed (:func:`~pipelines.compression.gates.pre
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dl_lightning.data import Splits
 from pipelines.compression.gates import choose_champion, drop_points, metric_gate, preference
-from pipelines.compression.measure import Probe, make_probe, measure_torch
+from pipelines.compression.measure import Probe, count_params, make_probe, measure_torch
 from pipelines.compression.publish import log_result, registered_key, tracked
 from pipelines.compression.results import CompressResult, Gate, Row, shippable
 from pipelines.compression.ship import ship
 from pipelines.compression.students import sized_student_arch, student_epochs, train_students
 from pipelines.compression.tables import write_report
-from pipelines.compression.teacher import Teacher, check_compatible, load_teacher
+from pipelines.compression.teacher import Teacher, check_compatible, load_ensemble, load_teacher
 from pipelines.config import Config
 from pipelines.train import load_data
 
 
-def compress(cfg: Config, teacher_ref: str, *, parent_run_id: str | None = None) -> CompressResult:
+def compress(
+    cfg: Config, teacher_ref: str, *, parent_run_id: str | None = None, members: Sequence[str] = ()
+) -> CompressResult:
     """Distill, export, quantize, measure and gate the teacher ``teacher_ref`` on ``cfg``'s data.
 
     Args:
@@ -37,12 +40,17 @@ def compress(cfg: Config, teacher_ref: str, *, parent_run_id: str | None = None)
             ``cfg.tracking.uri`` names, downloaded to ``<output_dir>/teacher``).
         parent_run_id: the pipeline's MLflow run, when compress runs as one of its stages: the compress run is its
             child.
+        members: under ``compress.teacher=ensemble``, the checkpoints whose ensemble the student learns from (the
+            best sweep trials': ``teacher.ensemble_members``); the teacher itself is still what ships.
 
     Raises:
         InputError: the teacher cannot be found or read, or does not fit the data; ``compress.register`` asks for
             a student that will not be trained.
     """
     teacher = load_teacher(teacher_ref, cfg)
+    if cfg.compress.teacher == "ensemble":
+        ensemble = load_ensemble(list(members), teacher, cfg)
+        teacher = dataclasses.replace(teacher, ensemble=ensemble, members=tuple(members))
     registered_key(cfg, teacher)  # a registration that cannot happen fails now, not after the training
     # the data is read as the teacher's family reads it (a 2-D array is a table to an mlp, signals to an rnn)
     splits = load_data(cfg.with_overrides({"model.family": teacher.family}))
@@ -57,13 +65,15 @@ def compress(cfg: Config, teacher_ref: str, *, parent_run_id: str | None = None)
 def _compress(cfg: Config, teacher: Teacher, splits: Splits, probe: Probe, run_id: str | None) -> CompressResult:
     out = Path(cfg.output_dir).absolute()
     net, example = teacher.module.export_net()
-    role = "generator" if teacher.family == "gan" else "teacher"
-    rows, files, gates = ship(cfg, net, example, role, teacher, teacher.family, probe, out / "onnx")
+    role = "generator" if teacher.record.generative else "teacher"
+    rows, files, gates, tuned = ship(cfg, net, example, role, teacher, teacher.family, probe, out / "onnx")
+    autotune = {role: tuned} if tuned else {}
     student: dict[str, Any] = {}
     checkpoints: dict[str, str] = {}
-    if teacher.family != "gan" and student_epochs(cfg, teacher) > 0:
+    if not teacher.record.generative and student_epochs(cfg, teacher) > 0:
         s_rows, s_files, s_gates, student, checkpoints = _student(cfg, teacher, splits, probe, rows[0], out)
         rows, files, gates = [*rows, *s_rows], files | s_files, [*gates, *s_gates]
+        autotune |= {"student": student.pop("autotune")} if student.get("autotune") else {}
     metric = None if probe.task is None else ("test/acc" if probe.task == "classification" else "test/mse")
     champion = choose_champion(preference(cfg, teacher), files, gates)
     report = {
@@ -74,10 +84,22 @@ def _compress(cfg: Config, teacher: Teacher, splits: Splits, probe: Probe, run_i
         "files": files,
         "shipped": shippable(files, gates),
         "checkpoints": checkpoints,
+        "autotune": autotune,
     }
     md, js = write_report(out, report, rows, gates)
     return CompressResult(
-        str(out), metric, rows, gates, files, str(md), str(js), teacher.run_id, run_id, student, champion=champion
+        str(out),
+        metric,
+        rows,
+        gates,
+        files,
+        str(md),
+        str(js),
+        teacher.run_id,
+        run_id,
+        student,
+        champion=champion,
+        autotune=autotune,
     )
 
 
@@ -91,11 +113,16 @@ def _student(
     family, arch = sized_student_arch(cfg, teacher)
     distilled, scratch = train_students(cfg, teacher, splits, family, arch)
     s_net, s_example = distilled.export_net()
-    rows, files, gates = ship(cfg, s_net, s_example, "student", teacher, family, probe, out / "onnx")
+    rows, files, gates, tuned = ship(cfg, s_net, s_example, "student", teacher, family, probe, out / "onnx")
     student_row = rows[0]  # PyTorch fp32, as the teacher's
     ratio = student_row.params / max(teacher_row.params, 1)
     epochs = student_epochs(cfg, teacher)
     facts: dict[str, Any] = {"family": family, "arch": arch, "params_ratio": ratio, "epochs": epochs}
+    facts |= {"autotune": tuned} if tuned else {}  # popped into the report's autotune section by the caller
+    facts |= {"inherited": distilled.inherited} if hasattr(distilled, "inherited") else {}  # compress.inherit
+    if teacher.ensemble is not None:  # what the student learned from: the ensemble's own score, beside the teacher's
+        rows.append(_ensemble_row(cfg, teacher, probe))
+        facts["ensemble_members"] = list(teacher.members)
     if scratch is not None:
         scratch_net = scratch.export_net()[0]
         rows.append(measure_torch(cfg, "student from scratch (PyTorch)", "student_scratch_pytorch", scratch_net, probe))
@@ -105,6 +132,15 @@ def _student(
     names = ("student", "scratch") if scratch is not None else ("student",)
     found = [(n, p) for n in names for p in sorted((out / n / "checkpoints").glob("*.ckpt"))]
     return rows, files, gates, facts, {f"{n}_{p.stem}_checkpoint": str(p) for n, p in found}
+
+
+def _ensemble_row(cfg: Config, teacher: Teacher, probe: Probe) -> Row:
+    """The ensemble teacher measured like every model; its parameters and bytes are its members' (held outside it)."""
+    members = teacher.ensemble.members  # type: ignore[union-attr]
+    name = f"ensemble teacher ({len(members)} sweep trials, PyTorch)"
+    row = measure_torch(cfg, name, "ensemble_teacher_pytorch", teacher.ensemble, probe)
+    size = sum(t.numel() * t.element_size() for m in members for t in m.state_dict().values())
+    return dataclasses.replace(row, params=sum(count_params(m) for m in members), size_bytes=size)
 
 
 def _student_gate(cfg: Config, teacher_row: Row, student_row: Row, probe: Probe, ratio: float) -> Gate:

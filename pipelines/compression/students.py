@@ -13,18 +13,19 @@ from typing import Any
 
 import lightning.pytorch as L
 
-from dl_lightning.data import DlforgeDataModule, Splits
+from dl_lightning.data import Splits
+from dl_lightning.data.user_datamodule import UserData
 from dl_lightning.distill import DistillModule
-from dl_lightning.registry import build_model
+from dl_lightning.families import Family
+from dl_lightning.inherit import inherit
+from dl_lightning.registry import build_model, record_for
 from pipelines.compression.measure import count_params
 from pipelines.compression.teacher import Teacher
 from pipelines.config import Config
 from pipelines.guards import newest_checkpoint
 from pipelines.ledger import stage_key
 from pipelines.outputs import write_text_atomic
-from pipelines.train import fit_module, optim_settings
-
-WIDTH_KEYS = ("hidden", "channels", "hidden_size", "embed_dim", "d_model", "dim_feedforward", "width")
+from pipelines.train import fit_module, make_datamodule, optim_settings
 
 INPUTS_FILE = "inputs.key"  # beside a student fit: the hash of what it was trained from
 
@@ -42,9 +43,10 @@ def student_arch(cfg: Config, teacher: Teacher, width: float | None = None) -> t
     s = cfg.compress.student
     if s.family == "same":
         family, arch = teacher.family, dict(teacher.arch)
-    else:
-        family, arch = s.family, dataclasses.replace(cfg.model, family=s.family).arch()
-    return family, shrink(arch, s.width if width is None else width, s.depth)
+    else:  # a named family starts from its config section (a class path or a sectionless family: from nothing)
+        family, arch = s.family, dataclasses.replace(cfg.model, family=s.family, args={}).arch()
+    shrunk = shrink(arch, s.width if width is None else width, s.depth, record_for(family))
+    return family, {**shrunk, **s.args}
 
 
 def sized_student_arch(cfg: Config, teacher: Teacher) -> tuple[str, dict[str, Any]]:
@@ -52,7 +54,7 @@ def sized_student_arch(cfg: Config, teacher: Teacher) -> tuple[str, dict[str, An
     of the teacher's parameters — widths 0.5 of an MLP quarter its hidden layers but only halve its input layer."""
     s = cfg.compress.student
     family, arch = student_arch(cfg, teacher)
-    if not s.max_params:
+    if not s.max_params or not record_for(family).width_keys:  # nothing to narrow: compress.student.args sizes it
         return family, arch
     budget = s.max_params * count_params(teacher.module.export_net()[0])
     width = s.width
@@ -62,41 +64,50 @@ def sized_student_arch(cfg: Config, teacher: Teacher) -> tuple[str, dict[str, An
     return family, arch
 
 
-def shrink(arch: dict[str, Any], width: float, depth: int) -> dict[str, Any]:
-    """Widths × ``width`` (at least 1); with ``depth`` > 0, stacks cut to ``depth`` layers.
+def shrink(arch: dict[str, Any], width: float, depth: int, record: Family) -> dict[str, Any]:
+    """The record's width keys × ``width`` (at least 1); with ``depth`` > 0, its depth keys cut to ``depth`` layers
+    (a list to its first ``depth`` items, an int to ``depth``).
 
-    A transformer's ``d_model`` stays a multiple of ``nhead`` (attention splits it evenly between heads).
+    A key of ``record.multiple_of`` stays a multiple of its partner (a transformer's ``d_model`` of ``nhead``:
+    attention splits it evenly between heads).
     """
     out = dict(arch)
-    for key in WIDTH_KEYS:
+    for key in record.width_keys:
         if isinstance(out.get(key), list | tuple):
-            sizes = [max(1, round(v * width)) for v in out[key]]
-            out[key] = sizes[:depth] if depth else sizes
+            out[key] = [max(1, round(v * width)) for v in out[key]]
         elif isinstance(out.get(key), int) and not isinstance(out[key], bool):
             out[key] = max(1, round(out[key] * width))
-    if depth and isinstance(out.get("num_layers"), int):
-        out["num_layers"] = depth
-    if "d_model" in out and "nhead" in out:
-        heads = out["nhead"]
-        out["d_model"] = max(heads, round(out["d_model"] / heads) * heads)
+    for key in record.depth_keys if depth else ():
+        if isinstance(out.get(key), list | tuple):
+            out[key] = list(out[key])[:depth]
+        elif isinstance(out.get(key), int) and not isinstance(out[key], bool):
+            out[key] = depth
+    for key, of in record.multiple_of:
+        if key in out and of in out:
+            out[key] = max(out[of], round(out[key] / out[of]) * out[of])
     return out
 
 
 def train_students(
-    cfg: Config, teacher: Teacher, splits: Splits, family: str, arch: dict[str, Any]
+    cfg: Config, teacher: Teacher, splits: Splits | UserData, family: str, arch: dict[str, Any]
 ) -> tuple[L.LightningModule, L.LightningModule | None]:
     """The distilled student and (when ``compress.scratch``) its twin: the same student trained on labels alone.
 
-    Both start from the same seed, hence the same initial weights, and get the same epochs, data, batches, mixed
-    copies (``compress.mixup``), optimizer and lr schedule — the twin reads labels where the student reads the teacher
-    (:class:`DistillModule` with no teacher) — so the difference between them is the teacher's. Both come back in eval
-    mode, at their last epoch's weights.
+    Both start from the same seed — under ``compress.inherit`` the distilled student then takes its teacher's weights,
+    the twin stays random — and get the same epochs, data, batches, mixed copies (``compress.mixup``), optimizer and
+    lr schedule; the twin reads labels where the student reads the teacher (:class:`DistillModule` with no teacher), so
+    the difference between them is the teacher's. Both come back in eval mode, at their last epoch's weights.
     """
     c = cfg.compress
     fit_cfg = student_fit_config(cfg, teacher, family)
     inputs = stage_key(fit_cfg.to_dict(), arch, family, _fingerprint(teacher.checkpoint))
+    if teacher.ensemble is not None:  # compress.teacher=ensemble: another teacher, another student
+        inputs = stage_key(inputs, [_fingerprint(m) for m in teacher.members])
     distilled = _build_student(fit_cfg, teacher, family, arch)
-    module = DistillModule(distilled, teacher.module, teacher.spec.task, c.alpha, c.temperature, c.mixup)
+    if c.inherit:
+        inherit_teacher(distilled, teacher, family)
+    taught_by = teacher.ensemble if teacher.ensemble is not None else teacher.module
+    module = DistillModule(distilled, taught_by, teacher.spec.task, c.alpha, c.temperature, c.mixup)
     _fit(fit_cfg, module, splits, "student", inputs)
     if not c.scratch:
         return distilled, None
@@ -104,6 +115,16 @@ def train_students(
     twin = DistillModule(scratch, None, teacher.spec.task, c.alpha, c.temperature, c.mixup)
     _fit(fit_cfg, twin, splits, "scratch", inputs)
     return distilled, scratch
+
+
+def inherit_teacher(student: L.LightningModule, teacher: Teacher, family: str) -> None:
+    """``compress.inherit``: the student starts from its teacher's leading slices (``dl_lightning.inherit``); what
+    was copied is kept as ``student.inherited`` (one line, for the report). Another family shares no names: no-op."""
+    if family != teacher.family:
+        return
+    done = inherit(student.export_net()[0], teacher.module.export_net()[0])
+    student.inherited = done.summary()
+    print(f"dlforge: the student inherits its teacher's weights: {student.inherited}", flush=True)
 
 
 def student_fit_config(cfg: Config, teacher: Teacher, family: str) -> Config:
@@ -122,6 +143,8 @@ def student_fit_config(cfg: Config, teacher: Teacher, family: str) -> Config:
     }
     if cfg.compress.schedule == "cosine":
         overrides["optim.scheduler"] = "cosine"
+    if record_for(family).section is not None and cfg.model.args:  # a built-in student of a user's class: no args
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, family=family, args={}))
     return cfg.with_overrides(overrides)
 
 
@@ -130,17 +153,12 @@ def _build_student(fit_cfg: Config, teacher: Teacher, family: str, arch: dict[st
     return build_model(family, teacher.spec, arch, optim_settings(fit_cfg))
 
 
-def _fit(cfg: Config, module: L.LightningModule, splits: Splits, name: str, inputs: str) -> None:
+def _fit(cfg: Config, module: L.LightningModule, splits: Splits | UserData, name: str, inputs: str) -> None:
     folder = Path(cfg.output_dir).absolute() / name
     fit_cfg = cfg.with_overrides({"output_dir": str(folder)})
     resume = _continuable(folder, inputs)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = DlforgeDataModule(
-        splits,
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        augment=dataclasses.asdict(cfg.data.augment),
-    )
+    datamodule = make_datamodule(cfg, splits, sampler="none")
     # the last epoch's weights, not the best-validated ones: picking a checkpoint on a small validation split is early
     # stopping by another name, and a student gains late (patience, Beyer et al. 2022); twins are treated alike
     fit_module(fit_cfg, module, datamodule, splits.spec.task, test=False, resume=resume)

@@ -58,11 +58,43 @@ def report_markdown(report: dict[str, Any]) -> str:
         "|" + "---|" * len(COLUMNS),
     ]
     lines += ["| " + " | ".join(table_cells(r)) + " |" for r in report["rows"]]
+    lines += autotune_markdown(report.get("autotune") or {})
     lines += ["", "## Gates", ""]
     lines += [
         f"- {'PASS' if g['passed'] else 'FAIL'} — {g['name']}: {g['detail']}{_guards(g)}" for g in report["gates"]
     ]
     return "\n".join([*lines, "", f"**{verdict(report)}**", ""])
+
+
+AUTOTUNE_COLUMNS = ("variant", "status", "size", "metric", "b1 p50 ms", "b64 p50 ms", "speed vs fp32", "detail")
+
+
+def autotune_cells(tuning: dict[str, Any]) -> list[list[str]]:
+    """One row of ``AUTOTUNE_COLUMNS`` text per attempt of the autotuner (``Tuning.to_dict``); the winner starred."""
+    rows = []
+    for i, a in enumerate(tuning["attempts"]):
+        lat = a.get("latency_ms") or {}
+        cells = [
+            ("★ " if i == tuning["winner"] else "") + a["variant"],
+            a["status"],
+            "—" if a.get("size_bytes") is None else _size(a["size_bytes"]),
+            "—" if a.get("metric") is None else f"{a['metric']:.4f}",
+            *(f"{lat[k]:.3f}" if k in lat else "—" for k in ("b1_p50", "b64_p50")),
+            "—" if a.get("speed") is None else f"{a['speed']:.2f}×",
+            a["detail"],
+        ]
+        rows.append(cells)
+    return rows
+
+
+def autotune_markdown(autotune: dict[str, Any]) -> list[str]:
+    """The autotuner's section of ``compress_report.md``: each model's attempts and why its winner won."""
+    lines: list[str] = []
+    for role, tuning in autotune.items():
+        lines += ["", f"## Quantization autotuner — {role}", "", f"Shipped: {tuning['why']}.", ""]
+        lines += ["| " + " | ".join(AUTOTUNE_COLUMNS) + " |", "|" + "---|" * len(AUTOTUNE_COLUMNS)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in autotune_cells(tuning)]
+    return lines
 
 
 def _guards(gate: dict[str, Any]) -> str:

@@ -12,7 +12,8 @@ import torch
 
 from dl_lightning.data.spec import DataSpec
 from dl_lightning.errors import InputError, clip, one_line
-from dl_lightning.registry import FAMILY_KEY, load_model
+from dl_lightning.families import Family
+from dl_lightning.registry import checkpoint_family, load_model, record_for, saved_model
 from pipelines import tracking
 from pipelines.config import Config
 
@@ -30,6 +31,14 @@ class Teacher:
     arch: dict[str, Any]  # the family's keyword arguments, without data and optim
     run_id: str | None
     epochs: int = 0  # the teacher's own trainer.max_epochs: the student's budget under compress.epochs=auto
+    # compress.teacher=ensemble: what the student learns from instead of ``module``, and the members' checkpoints
+    ensemble: torch.nn.Module | None = None
+    members: tuple[str, ...] = ()
+
+    @property
+    def record(self) -> Family:
+        """The teacher's family record: what the stages ask (generative, sequence axis, student widths)."""
+        return record_for(self.family)
 
 
 def load_teacher(ref: str, cfg: Config | None = None) -> Teacher:
@@ -40,19 +49,20 @@ def load_teacher(ref: str, cfg: Config | None = None) -> Teacher:
     """
     path, run_id = resolve_teacher(ref, cfg)
     try:
-        module = load_model(path)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # a class path inside the file is imported only when the config names the same one
+        family = checkpoint_family(checkpoint, path, allowed=cfg.model.family if cfg is not None else None)
+        module = load_model(path, allowed=family)
+        data, arch, optim = saved_model(checkpoint)
     except InputError:
         raise
     except Exception as exc:  # a truncated zip, a pickle refused by weights_only, ...
         raise InputError(
             f"cannot read teacher checkpoint {path!r} ({type(exc).__name__}); pass a dlforge .ckpt"
         ) from None
-    hparams = dict(checkpoint["hyper_parameters"])
-    spec = DataSpec.from_dict(hparams.pop("data"))
-    epochs = int((hparams.pop("optim", None) or {}).get("max_epochs") or 0)
+    epochs = int(optim.get("max_epochs") or 0)
     run_id = run_id or tracking.run_id_from_checkpoint(path)  # the run tracking's callback recorded, if any
-    return Teacher(module.eval(), path, checkpoint[FAMILY_KEY], spec, hparams, run_id, epochs)
+    return Teacher(module.eval(), path, family, DataSpec.from_dict(data), arch, run_id, epochs)
 
 
 def resolve_teacher(ref: str, cfg: Config | None = None) -> tuple[str, str | None]:
@@ -89,3 +99,41 @@ def check_compatible(teacher: DataSpec, data: DataSpec) -> None:
 
 def _short(value: Any) -> str:
     return clip(repr(value), 60)
+
+
+# ---------------------------------------------------------------- the ensemble teacher (compress.teacher=ensemble)
+
+
+def ensemble_members(sweep: dict[str, Any], k: int) -> list[str]:
+    """The best checkpoints of the ``k`` best finished trials of a sweep stage's result, best first.
+
+    ``sweep`` is ``SweepResult`` as a dict: trials ranked by their best metric under its mode; a trial's checkpoint
+    is ``<output_dir>/trials/<trial_id>/train/checkpoints/best.ckpt``.
+    """
+    finished = [t for t in sweep.get("trials") or [] if isinstance(t.get("best"), (int, float))]
+    finished.sort(key=lambda t: t["best"], reverse=sweep.get("mode") == "max")
+    root = Path(sweep["output_dir"]) / "trials"
+    found = [root / t["trial_id"] / "train" / "checkpoints" / "best.ckpt" for t in finished]
+    return [str(path) for path in found if path.is_file()][:k]
+
+
+def load_ensemble(members: list[str], teacher: Teacher, cfg: Config) -> torch.nn.Module:
+    """The members as one frozen teacher (:class:`dl_lightning.distill.EnsembleTeacher`) at
+    ``compress.temperature``.
+
+    Raises:
+        InputError: fewer than two members, or one that does not fit the teacher's data.
+    """
+    from dl_lightning.distill import EnsembleTeacher
+
+    if len(members) < 2:
+        raise InputError(
+            f"compress.teacher=ensemble needs at least 2 finished sweep trials with checkpoints, found {len(members)}; "
+            "run it under dlforge run with the sweep on (tune.num_samples ≥ 2) or set compress.teacher=single"
+        )
+    nets = []
+    for path in members:
+        member = load_teacher(path, cfg)
+        check_compatible(teacher.spec, member.spec)
+        nets.append(member.module)
+    return EnsembleTeacher(nets, teacher.spec.task or "classification", cfg.compress.temperature)

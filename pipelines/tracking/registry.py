@@ -8,11 +8,12 @@ import io
 import logging
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dl_lightning import families
 from dl_lightning.errors import InputError, first_line
 from pipelines.config import Config
 from pipelines.tracking.store import (
@@ -25,6 +26,7 @@ from pipelines.tracking.store import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
     from mlflow import MlflowClient
 
@@ -81,7 +83,7 @@ def log_model(
 def registered_model_name(cfg: Config) -> str:
     """One registered model per experiment and family: ``<experiment>-<family>``, or ``<experiment>`` alone when
     one of its words already is the family (``digits-cnn``, not ``digits-cnn-cnn``)."""
-    experiment, family = cfg.tracking.experiment, cfg.model.family
+    experiment, family = cfg.tracking.experiment, families.label(cfg.model.family)  # a class path: its class
     return experiment if family.lower() in re.split(r"[^a-z0-9]+", experiment.lower()) else f"{experiment}-{family}"
 
 
@@ -92,18 +94,30 @@ def register_model(
     run_id: str | None,
     alias: str | None = CANDIDATE,
     tags: Mapping[str, Any] | None = None,
+    description: str | None = None,
 ) -> str:
     """Register ``model_uri`` as a new version of ``name``, tagged with its source run; point ``alias`` at it.
 
-    Returns the version number as a string (what ``models:/name/<version>`` takes).
+    ``description`` (markdown) is what the version's page shows. Returns the version number as a string (what
+    ``models:/name/<version>`` takes).
     """
     mlflow = _mlflow()
     version_tags = {"dlforge.source_run_id": run_id or "", **{k: str(v) for k, v in (tags or {}).items()}}
     with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version …"; dlforge reports it itself
         version = mlflow.register_model(model_uri, name, tags=version_tags)
+    if description:
+        mlflow.MlflowClient().update_model_version(name, version.version, description=description)
     if alias:
         set_alias(name, alias, version.version)
     return str(version.version)
+
+
+def describe_registered_model(name: str, description: str, tags: Mapping[str, Any] | None = None) -> None:
+    """Set the registered model's description (markdown, on its page) and ``tags`` (values as text)."""
+    client = _mlflow().MlflowClient()
+    client.update_registered_model(name, description=description)
+    for key, value in (tags or {}).items():
+        client.set_registered_model_tag(name, key, str(value))
 
 
 def set_alias(name: str, alias: str, version: str | int) -> None:
@@ -129,6 +143,17 @@ def resolve_checkpoint(ref: str, cfg: Config | None = None, dest: str | Path | N
     if not found:
         raise InputError(f"{ref}: run {run_id} logged no .ckpt file; pass a checkpoint path instead")
     return str(found[0]), run_id
+
+
+def download_run_file(run_id: str, artifact: str, cfg: Config | None = None) -> Path | None:
+    """The run's artifact ``artifact`` (e.g. ``sweep/sweep_results.csv``) in a new temp folder; ``None`` when the
+    run or the file does not exist in the store ``cfg`` names."""
+    _ensure_connected(cfg)
+    folder = tempfile.mkdtemp(prefix="dlforge-artifact-")
+    try:
+        return Path(_mlflow().MlflowClient().download_artifacts(run_id, artifact, folder))
+    except Exception:  # MLflow raises several types for an unknown run or a missing file: both mean "not there"
+        return None
 
 
 def log_onnx_model(
@@ -160,6 +185,46 @@ def log_onnx_model(
             # load on a machine without it (the input-example check at each log, too) warns that CUDA is missing.
             onnx_execution_providers=["CPUExecutionProvider"],
             pip_requirements=["onnxruntime", "numpy"],
+            metadata=dict(metadata or {}),
+        )
+    return info.model_uri
+
+
+def log_served_model(
+    run_id: str,
+    data_path: str | Path,
+    *,
+    name: str,
+    loader_module: str,
+    code_paths: Sequence[str | Path],
+    input_example: pd.DataFrame,
+    output_example: pd.DataFrame,
+    requirements: Sequence[str],
+    metadata: Mapping[str, Any] | None = None,
+) -> str:
+    """Log ``data_path`` as a model MLflow serves through ``loader_module``'s ``_load_pyfunc`` (its custom-flavor
+    hook), carrying ``code_paths`` (package folders put first on ``sys.path`` at load); returns the model URI.
+
+    The input schema is positional — unnamed columns, text or any number — so any table whose columns are the
+    features in training order is accepted, as ``dlforge predict`` accepts it; the output schema is the example's.
+    """
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType
+
+    # Numbers of any width (pandas reads a CSV of pixels as int64, which MLflow will not cast to float).
+    columns = infer_signature(input_example).inputs.inputs
+    positional = Schema([ColSpec(c.type if c.type == DataType.string else AnyType()) for c in columns])
+    signature = ModelSignature(positional, infer_signature(input_example, output_example).outputs)
+    with _active_run(run_id):
+        info = _mlflow().pyfunc.log_model(
+            name=name,
+            loader_module=loader_module,
+            data_path=str(data_path),
+            code_paths=[str(p) for p in code_paths],
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=list(requirements),
             metadata=dict(metadata or {}),
         )
     return info.model_uri

@@ -36,6 +36,7 @@ from pipelines import processes
 from pipelines.config import PROJECT_ROOT, Config, unflatten
 from pipelines.tracking.store import (
     _MAX_TAG_VALUE,
+    _UPLOADS,
     _log_batch,
     _mlflow,
     _param_text,
@@ -44,6 +45,7 @@ from pipelines.tracking.store import (
     mask_params,
     redact_argv,
     redact_uri,
+    wait_for_uploads,
 )
 from pipelines.version import dlforge_version
 
@@ -111,11 +113,13 @@ def job_run(
     try:
         _log_config(client, cfg, run_id, resumed)
         yield run_id
+        wait_for_uploads()  # the run ends FINISHED only with every artifact in it
     except BaseException as exc:
         status = _status_for(exc)
         _safe(client.set_tag, run_id, "dlforge.error", clip(f"{type(exc).__name__}: {exc}", 2000))
         raise
     finally:
+        _UPLOADS.wait(raise_errors=False)  # a failed job still keeps what it uploaded
         _end_run(client, run_id, status)
 
 
@@ -273,8 +277,13 @@ def default_run_name(cfg: Config, kind: str) -> str:
 
 
 def dataset_name(source: str) -> str:
-    """``builtin:digits`` → ``digits``; a file or folder → its name without suffix."""
-    return source.removeprefix("builtin:") if source.startswith("builtin:") else Path(source).stem or source
+    """``builtin:digits`` → ``digits``; a DataModule ``pkg.mod:MyData`` or ``file.py:MyData`` → ``MyData``; a file or
+    folder → its name without suffix."""
+    if source.startswith("builtin:"):
+        return source.removeprefix("builtin:")
+    if ":" in source:
+        return source.rsplit(":", 1)[1]
+    return Path(source).stem or source
 
 
 def job_tags_for(cfg: Config, kind: str) -> dict[str, str]:
@@ -290,10 +299,19 @@ def job_tags_for(cfg: Config, kind: str) -> dict[str, str]:
         "dlforge.command": clip(_command_line(), _MAX_TAG_VALUE),
         "dlforge.version": dlforge_version(),
         "dlforge.world_size": str(cfg.trainer.devices * cfg.trainer.num_nodes),
+        # the runs table's Source column: the command a reviewer would type, not the interpreter's __main__.py
+        "mlflow.source.name": _source_name(kind),
+        "mlflow.source.type": "LOCAL",
     }
     if commit:
         tags |= {"mlflow.source.git.commit": commit, "dlforge.git_dirty": str(dirty).lower()}
     return tags
+
+
+def _source_name(kind: str) -> str:
+    """``dlforge <command>`` (a sweep trial, a pipeline stage: the job kind) for the Source column."""
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), kind)
+    return f"dlforge {command}" if command.isidentifier() else f"dlforge {kind}"
 
 
 def _command_line() -> str:

@@ -12,6 +12,7 @@ says otherwise; an HTTP server decides for itself. An HTTP server that does not 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -19,6 +20,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -252,15 +254,65 @@ def metric_history(run_id: str, prefixes: tuple[str, ...], skip: tuple[str, ...]
 
 
 def log_artifact(run_id: str | None, path: str | Path, artifact_path: str | None = None) -> None:
-    """Upload the file ``path`` into the run's ``artifact_path`` folder."""
+    """Upload the file ``path`` into the run's ``artifact_path`` folder, in the background.
+
+    The upload is queued and this returns at once; the file must not change afterwards. ``wait_for_uploads``
+    (which ``runs.job_run`` calls before it ends the run, and the process calls at exit) guarantees it is in the run.
+    """
     if run_id is not None:
-        _mlflow().MlflowClient().log_artifact(run_id, str(path), artifact_path)
+        _UPLOADS.submit(lambda client: client.log_artifact(run_id, str(path), artifact_path), f"{path}")
 
 
 def log_artifacts(run_id: str | None, folder: str | Path, artifact_path: str | None = None) -> None:
-    """Upload what ``folder`` holds into the run's ``artifact_path``; a missing or empty folder uploads nothing."""
+    """Upload what ``folder`` holds into the run's ``artifact_path`` in the background (as ``log_artifact``); a
+    missing or empty folder uploads nothing."""
     if run_id is not None and Path(folder).is_dir() and any(Path(folder).iterdir()):
-        _mlflow().MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
+        _UPLOADS.submit(lambda client: client.log_artifacts(run_id, str(folder), artifact_path), f"{folder}/")
+
+
+def wait_for_uploads(timeout: float | None = None) -> None:
+    """Block until every queued artifact upload is done; raises ``TrackingError`` naming the first that failed."""
+    _UPLOADS.wait(timeout)
+
+
+class _Uploads:
+    """One daemon thread uploading artifacts in order, so the job does not wait on the store's file copies or HTTP.
+
+    Failures are kept and raised by ``wait``; ``wait`` also runs at interpreter exit, so an upload queued outside
+    a run's ``job_run`` still completes before the process ends.
+    """
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+        self._futures: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def submit(self, upload: Any, what: str) -> None:
+        client = _mlflow().MlflowClient()  # made here: it binds the tracking URI this thread set
+        with self._lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlforge-mlflow-artifacts")
+                atexit.register(self.wait, None, False)
+            self._futures.append((what, self._pool.submit(upload, client)))
+
+    def wait(self, timeout: float | None = None, raise_errors: bool = True) -> None:
+        with self._lock:
+            futures, self._futures = self._futures, []
+        errors = []
+        for what, future in futures:
+            try:
+                future.result(timeout)
+            except Exception as exc:
+                errors.append(f"{what}: {type(exc).__name__}: {clip(str(exc), 300)}")
+        if errors and raise_errors:
+            raise TrackingError(f"could not upload {len(errors)} artifact(s) to the tracking store; {errors[0]}")
+        for error in errors:
+            log.warning("artifact upload failed: %s", error)
+
+
+_UPLOADS = _Uploads()
 
 
 @contextlib.contextmanager

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from urllib.parse import quote
 
 from pipelines import processes
 from pipelines.config import Config
@@ -12,9 +14,34 @@ from pipelines.tracking.store import _USED_URI, _artifact_location, _mlflow, con
 LOCAL_DASHBOARD = "http://127.0.0.1:5000"  # where ``dlforge ui`` serves a local store by default
 
 
-def experiment_url(base: str, experiment_id: str) -> str:
-    """The runs table of an experiment (MLflow 3's UI otherwise opens a GenAI overview page)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+# MLflow's shared views: an experiment tag ``mlflow.sharedViewState.<key>`` holds the runs table's state, and
+# ``?viewStateShareKey=<key>`` opens the table in it. Its default shows no metric column at all.
+RUNS_VIEW_KEY = "dlforge"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+
+
+def experiment_url(base: str, experiment_id: str, *, view: bool = False) -> str:
+    """The runs table of an experiment (MLflow 3's UI otherwise opens a GenAI overview page); ``view``: in the
+    columns ``share_runs_view`` chose."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs" + (
+        f"?viewStateShareKey={RUNS_VIEW_KEY}" if view else ""
+    )
+
+
+def share_runs_view(run_id: str, metrics: list[str], tags: list[str]) -> None:
+    """Make the runs table of ``run_id``'s experiment, opened through ``experiment_url(…, view=True)``, show these
+    metric and tag columns beside the dataset and models."""
+    columns = ["attributes.`Dataset`", "attributes.`Models`"]
+    columns += [f"metrics.`{m}`" for m in metrics] + [f"tags.`{t}`" for t in tags]
+    client = _mlflow().MlflowClient()
+    client.set_experiment_tag(
+        client.get_run(run_id).info.experiment_id, RUNS_VIEW_TAG, json.dumps({"selectedColumns": columns})
+    )
+
+
+def has_runs_view(experiment_id: str) -> bool:
+    """Whether ``share_runs_view`` set the experiment's view (a link to a view it lacks opens an error)."""
+    return RUNS_VIEW_TAG in _mlflow().MlflowClient().get_experiment(experiment_id).tags
 
 
 def run_url(cfg: Config, run_id: str) -> str:
@@ -26,6 +53,23 @@ def run_url(cfg: Config, run_id: str) -> str:
     server = uri.startswith(("http://", "https://"))
     experiment_id = _mlflow().MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
     return f"{experiment_url(redact_uri(uri) if server else LOCAL_DASHBOARD, experiment_id)}/{run_id}"
+
+
+def run_page(run_id: str) -> str | None:
+    """A link to the run's page from inside the dashboard (``#/experiments/E/runs/R``): right on any host or port.
+
+    None when the store has no such run (a teacher checkpoint trained against another store).
+    """
+    try:
+        experiment_id = _mlflow().MlflowClient().get_run(run_id).info.experiment_id
+    except Exception:  # MlflowException: RESOURCE_DOES_NOT_EXIST; its import would pull mlflow in at module load
+        return None
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def version_page(name: str, version: str | int) -> str:
+    """A link to a registered version's page from inside the dashboard (``#/models/NAME/versions/V``)."""
+    return f"#/models/{quote(name, safe='')}/versions/{version}"
 
 
 def ui_server_env() -> dict[str, str]:
@@ -42,7 +86,10 @@ def serve_ui(cfg: Config, *, host: str = "127.0.0.1", port: int = 5000) -> int:
     experiment_id = connect(cfg)
     uri = _mlflow().get_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        print(f"dashboard: {experiment_url(redact_uri(uri), experiment_id)}", flush=True)
+        print(
+            f"dashboard: {experiment_url(redact_uri(uri), experiment_id, view=has_runs_view(experiment_id))}",
+            flush=True,
+        )
         return 0
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host]
     command += ["--port", str(port), "--workers", "1"]  # one user's dashboard: one worker is plenty
@@ -52,6 +99,7 @@ def serve_ui(cfg: Config, *, host: str = "127.0.0.1", port: int = 5000) -> int:
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving {host}: anyone who can reach it can read and change runs; see MLflow's auth app")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"dashboard: {experiment_url(f'http://{shown_host}:{port}', experiment_id)}  (Ctrl-C stops it)", flush=True)
+    link = experiment_url(f"http://{shown_host}:{port}", experiment_id, view=has_runs_view(experiment_id))
+    print(f"dashboard: {link}  (Ctrl-C stops it)", flush=True)
     # Its own session, stopped as one on Ctrl-C, SIGTERM or SIGHUP: the uvicorn workers it forks go with it.
     return processes.serve(command, env=ui_server_env())

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 SHORT = ["compress.epochs=1", "compress.latency_repeats=3", "compress.calibration_batches=2"]
+DYNAMIC = "compress.quantization=dynamic"  # a fixed recipe makes every artifact, whatever the autotuner would time
 LENIENT = ["compress.max_student_drop=100", "compress.max_int8_drop=100"]  # 1-epoch students: gates tested in unit
 
 
@@ -23,7 +24,10 @@ def test_train_then_compress(cli, tiny, tmp_path, source, family, recipe):
     assert code == 0, err
     teacher = tmp_path / "out" / "checkpoints" / "best.ckpt"
     out = tmp_path / "compressed"
-    code, stdout, err = cli("compress", *tiny, *data, *SHORT, *LENIENT, f"output_dir={out}", "--teacher", str(teacher))
+    recipe_arg = f"compress.quantization={recipe}"  # a fixed recipe (the autotuner has its own test)
+    code, stdout, err = cli(
+        "compress", *tiny, *data, *SHORT, *LENIENT, recipe_arg, f"output_dir={out}", "--teacher", str(teacher)
+    )
     assert code == 0, err
     assert "teacher INT8" in stdout
 
@@ -68,7 +72,9 @@ def test_registry_round_trip_train_compress_predict(cli, tiny, tmp_path, store):
     assert code == 0, err
     out = tmp_path / "compressed"
     teacher = "models:/dlforge-mlp@candidate"
-    code, stdout, err = cli("compress", *tracked, *data, *SHORT, *LENIENT, f"output_dir={out}", "--teacher", teacher)
+    code, stdout, err = cli(
+        "compress", *tracked, *data, *SHORT, *LENIENT, DYNAMIC, f"output_dir={out}", "--teacher", teacher
+    )
     assert code == 0, err
     assert "models:/dlforge-mlp-onnx@candidate" in stdout
 

@@ -69,6 +69,20 @@ def read_until(proc: subprocess.Popen, text: str) -> str:
     raise AssertionError(f"the job ended before printing {text!r}: {proc.wait()} {''.join(seen)[-3000:]}")
 
 
+def wait_for_trial_epochs(tmp_path: Path, name: str, epochs: int = 2, timeout: float = 240) -> None:
+    """Until a trial of experiment ``name`` has logged ``epochs`` epochs (off a terminal, a sweep prints a line per
+    finished trial only)."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = client.get_experiment_by_name(name)
+        trials = client.search_runs([found.experiment_id], "tags.`dlforge.kind` = 'trial'") if found else []
+        if any(len(client.get_metric_history(t.info.run_id, "train/loss")) >= epochs for t in trials):
+            return
+        time.sleep(1)
+    raise AssertionError(f"no trial of {name} logged {epochs} epochs in {timeout:.0f} s")
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
@@ -224,7 +238,7 @@ def test_sigterm_to_dlforge_tune_exits_143_and_leaves_no_run_running(tmp_path):
         "tune.resources_per_trial.cpu=1",
     ]
     with dlforge(*args) as job:
-        read_until(job, "epoch 2/")
+        wait_for_trial_epochs(tmp_path, "sweep")
         job.send_signal(signal.SIGTERM)
         out = job.communicate(timeout=120)[0]
     assert job.returncode == 143, out[-3000:]
@@ -258,7 +272,7 @@ def test_a_trial_stopped_by_the_time_budget_leaves_no_run_running(tmp_path):
 def test_a_trial_whose_process_is_killed_leaves_no_run_running(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     with dlforge(*sweep_args(tmp_path, "lost")) as job:
-        read_until(job, "epoch 2/")
+        wait_for_trial_epochs(tmp_path, "lost")
         experiment = client.get_experiment_by_name("lost").experiment_id
         (trial,) = client.search_runs([experiment], "tags.`dlforge.kind` = 'trial'")
         os.kill(int(trial.data.tags["dlforge.pid"]), signal.SIGKILL)  # the Ray worker running the trial

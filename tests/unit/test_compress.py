@@ -107,11 +107,17 @@ def test_distilled_students_validation_is_fresh_every_epoch(tmp_path):
 
 
 def test_shrink_scales_widths_and_cuts_depth():
-    mlp = students.shrink({"hidden": [256, 128, 64], "dropout": 0.1, "batch_norm": True}, 0.5, 2)
+    from dl_lightning.registry import record_for
+
+    mlp = students.shrink({"hidden": [256, 128, 64], "dropout": 0.1, "batch_norm": True}, 0.5, 2, record_for("mlp"))
     assert mlp == {"hidden": [128, 64], "dropout": 0.1, "batch_norm": True}
-    tr = students.shrink({"d_model": 64, "nhead": 4, "num_layers": 4, "dim_feedforward": 128}, 0.3, 1)
+    tr = students.shrink(
+        {"d_model": 64, "nhead": 4, "num_layers": 4, "dim_feedforward": 128}, 0.3, 1, record_for("transformer")
+    )
     assert tr["d_model"] % 4 == 0 and tr["d_model"] == 20 and tr["num_layers"] == 1 and tr["dim_feedforward"] == 38
-    rnn = students.shrink({"cell": "lstm", "hidden_size": 8, "num_layers": 2, "bidirectional": False}, 0.01, 0)
+    rnn = students.shrink(
+        {"cell": "lstm", "hidden_size": 8, "num_layers": 2, "bidirectional": False}, 0.01, 0, record_for("rnn")
+    )
     assert rnn["hidden_size"] == 1 and rnn["num_layers"] == 2 and rnn["bidirectional"] is False
 
 
@@ -256,6 +262,7 @@ def _result(tmp_path, *, passed: bool):
 
 def test_passing_models_are_logged_and_the_shipped_one_registered(store, tmp_path):
     import mlflow
+    import pandas as pd
     from mlflow import MlflowClient
 
     from pipelines import export, tracking
@@ -296,19 +303,22 @@ def test_passing_models_are_logged_and_the_shipped_one_registered(store, tmp_pat
     assert version.tags["dlforge.model"] == "teacher-int8" and version.tags["dlforge.quantization"] == "dynamic"
     assert version.tags["metric.test/acc"] == "0.99" and version.tags["dlforge.gates"] == "passed"
 
-    # the round trip: the registry alias serves the INT8 file's predictions, through pyfunc and as a plain .onnx
+    assert {a.path for a in client.list_artifacts(run_id, "onnx")} == {"onnx/teacher.onnx", "onnx/teacher-int8.onnx"}
+    assert "the teacher quantized to INT8" in version.description and "dynamic" in version.description
+    assert f"#/models/dlforge-mlp-onnx/versions/{versions['teacher-int8']}" in run.data.tags["mlflow.note.content"]
+
+    # the round trip: the registry alias serves the INT8 file's labels and probabilities, and a plain .onnx
     x = probe.test_x[:5]
     expected = export.run_session(export.open_session(result.files["teacher-int8"]), x)
-    served = mlflow.pyfunc.load_model("models:/dlforge-mlp-onnx@candidate").predict(x)
-    served = next(iter(served.values())) if isinstance(served, dict) else served
-    np.testing.assert_allclose(np.asarray(served), expected, rtol=1e-6, atol=1e-6)
+    served = mlflow.pyfunc.load_model("models:/dlforge-mlp-onnx@candidate").predict(pd.DataFrame(x))
+    assert list(served["prediction"]) == list(np.array(["a", "b", "c"])[expected.argmax(1)])
+    probs = np.exp(expected) / np.exp(expected).sum(1, keepdims=True)
+    np.testing.assert_allclose(served[["prob_a", "prob_b", "prob_c"]].to_numpy(), probs, rtol=1e-5, atol=1e-6)
     local = tracking.download_onnx("models:/dlforge-mlp-onnx@candidate", cfg, dest=tmp_path / "dl")
     assert export.read_metadata(local)["quantization"] == "dynamic"
     np.testing.assert_allclose(export.run_session(export.open_session(local), x), expected, rtol=1e-6, atol=1e-6)
 
     # dlforge predict on the registry URI: downloads through tracking, never imports torch
-    import pandas as pd
-
     pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]).to_csv(tmp_path / "in.csv", index=False)
     done = subprocess.run(
         [sys.executable, "-c", PREDICT_WITHOUT_TORCH, "predict", "models:/dlforge-mlp-onnx@candidate"]
@@ -320,7 +330,7 @@ def test_passing_models_are_logged_and_the_shipped_one_registered(store, tmp_pat
     )
     assert done.returncode == 0, done.stderr
     assert "Downloading artifacts" not in done.stderr + done.stdout  # MLflow's download bar stays off
-    assert (pd.read_csv(tmp_path / "p.csv")["prediction"] == np.array(["a", "b", "c"])[expected.argmax(1)]).all()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p.csv", dtype={"id": str}), served, check_dtype=False)
 
 
 def test_a_failed_gate_registers_nothing(store, tmp_path):
@@ -497,7 +507,9 @@ def test_a_failing_student_is_not_registered_while_the_teacher_is(store, tmp_pat
     client = MlflowClient(tracking_uri=store)
     assert result.champion == "teacher-int8" and result.registered["model"] == "teacher-int8"
     assert set(result.registered["versions"]) == {"teacher", "teacher-int8"}
-    assert {a.path for a in client.list_artifacts(run_id, "onnx")} == {"onnx/student.onnx"}
+    # every file the stage made is in its run, shipped or not: the failing student too, for the reviewer to open
+    logged = {a.path for a in client.list_artifacts(run_id, "onnx")}
+    assert logged == {f"onnx/{Path(path).name}" for path in files.values()} and "onnx/student.onnx" in logged
     assert client.get_run(run_id).data.tags["dlforge.gates"] == "partial"
 
 
@@ -594,10 +606,11 @@ def test_compress_reads_the_data_as_the_teachers_family_does(cli, tiny, tmp_path
     assert code == 0, err
     teacher = tmp_path / "out" / "checkpoints" / "last.ckpt"
     out = f"output_dir={tmp_path / 'compressed'}"
-    code, _, err = cli(
+    code, printed, err = cli(
         "compress", "data.source=builtin:wine", *tiny, out, "compress.epochs=0", "--teacher", str(teacher)
     )
     assert "the teacher was trained on data" not in err
+    assert "signals" not in printed + err  # the early data check reads the table as the mlp teacher does
     assert (tmp_path / "compressed" / "onnx").is_dir(), err
 
 

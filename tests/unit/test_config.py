@@ -61,7 +61,7 @@ def test_ints_widen_to_float():
         ("optim.lr=fast", r"optim.lr must be a number"),
         ("trainer.devices=two", r"trainer.devices must be an integer"),
         ("trainer.devices=1.5", r"trainer.devices must be an integer"),
-        ("model.family=resnet", r"model.family must be one of mlp, cnn, rnn, transformer, gan"),
+        ("model.family=resnet", r"model.family=resnet is unknown; use one of mlp, cnn, rnn, transformer, gan"),
         ("tracking.enabled=maybe", r"tracking.enabled must be true or false"),
         ("model=3", r"model is a section"),
         ("model.cnn.channels=[a]", r"model.cnn.channels\[0\] must be an integer"),

@@ -21,16 +21,16 @@ from dl_lightning.registry import FAMILIES, build_model
 from pipelines import export
 from pipelines.compression.quantization import choose_recipe, quantize_onnx
 from pipelines.config import ModelConfig
+from tests.fixtures import VOCAB, random_inputs, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-VOCAB = ("<pad>", "<unk>", *(f"w{i}" for i in range(30)))
 # one data kind per family; text goes through the transformer so the vocabulary reaches the metadata
 SPECS = {
-    "mlp": DataSpec("tabular", "classification", (12,), 3, ("a", "b", "c"), (1.0,) * 12, (2.0,) * 12),
-    "cnn": DataSpec("image", "classification", (1, 8, 8), 4, mean=(4.0,), std=(5.0,)),
-    "rnn": DataSpec("sequence", "regression", (10, 3), 1, mean=(0.5,) * 3, std=(1.5,) * 3),
-    "transformer": DataSpec("text", "classification", (9,), 2, ("neg", "pos"), vocab=VOCAB),
-    "gan": DataSpec("image", "classification", (1, 8, 8), 4, mean=(4.0,), std=(5.0,)),
+    "mlp": tiny_spec("tabular", input_shape=(12,), class_names=("a", "b", "c")),
+    "cnn": tiny_spec("image", num_outputs=4),
+    "rnn": tiny_spec("sequence", input_shape=(10, 3)),  # long enough to feed a shorter sequence too
+    "transformer": tiny_spec("text", input_shape=(9,), class_names=("neg", "pos")),
+    "gan": tiny_spec("image", num_outputs=4),
 }
 
 
@@ -43,13 +43,6 @@ SMALL = {
     "transformer": {"d_model": 32, "nhead": 2, "num_layers": 1, "dim_feedforward": 64},
     "gan": {"latent_dim": 16, "width": 16},
 }
-
-
-def inputs_for(spec: DataSpec, n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if spec.kind == "text":
-        return rng.integers(0, len(spec.vocab), (n, *spec.input_shape)).astype(np.int64)
-    return (rng.standard_normal((n, *spec.input_shape)) * 3 + 2).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +81,7 @@ def test_export_parity_and_int8_for_every_family(family, tmp_path, exports):
     if family == "gan":
         batches = [np.random.default_rng(1).standard_normal((5, net.generator.project[0].in_features)).astype("f4")]
     else:
-        batches = [inputs_for(spec, 5), inputs_for(spec, 1, seed=2)]  # batch 1 proves the batch axis is dynamic
+        batches = [random_inputs(spec, 5), random_inputs(spec, 1, seed=2)]  # batch 1 proves the batch axis is dynamic
     parity = export.check_parity(net, session, batches)
     assert parity.passed and parity.max_abs_diff <= 1e-4
 
@@ -106,7 +99,7 @@ def test_shipped_files_hold_no_exporter_debris(family, tmp_path, exports):
     """No stack traces (the exporting machine's paths) in node metadata, no shape annotations, no dead weights."""
     _, path, spec = exports(family)
     recipe = choose_recipe(onnx.load(str(path)), "auto")
-    int8 = quantize_onnx(path, tmp_path / "int8.onnx", recipe=recipe, calibration=[inputs_for(spec, 8)])
+    int8 = quantize_onnx(path, tmp_path / "int8.onnx", recipe=recipe, calibration=[random_inputs(spec, 8)])
     for file in (path, int8):
         model = onnx.load(str(file))
         assert not any(node.metadata_props or node.doc_string for node in model.graph.node)
@@ -130,7 +123,7 @@ def test_metadata_round_trip(tmp_path, exports):
 def test_recurrent_export_has_dynamic_sequence_axis(tmp_path, exports):
     net, path, spec = exports("rnn")
     assert export.read_metadata(path)["dynamic_axes"] == ["batch", "sequence"]
-    shorter = inputs_for(spec, 3)[:, :6]
+    shorter = random_inputs(spec, 3)[:, :6]
     assert export.check_parity(net, export.open_session(path), [shorter]).passed
 
 
@@ -138,7 +131,7 @@ def test_static_and_dynamic_on_request_and_per_channel(tmp_path, exports):
     net, path, spec = exports("mlp")
     model = onnx.load(str(path))
     assert choose_recipe(model, "static") == "static" and choose_recipe(model, "none") == "none"
-    calib = [inputs_for(spec, 8)]
+    calib = [random_inputs(spec, 8)]
     for recipe in ("static", "dynamic"):
         q = quantize_onnx(path, tmp_path / f"{recipe}.onnx", recipe=recipe, per_channel=True, calibration=calib)
         assert export.run_session(export.open_session(q), calib[0]).shape == (8, 3)
@@ -149,7 +142,7 @@ def test_parity_failure_is_reported(tmp_path, exports):
     net = copy.deepcopy(net)
     with torch.no_grad():
         net.head.bias.add_(0.1)  # the torch net now differs from the exported graph
-    assert not export.check_parity(net, export.open_session(path), [inputs_for(spec, 4)]).passed
+    assert not export.check_parity(net, export.open_session(path), [random_inputs(spec, 4)]).passed
 
 
 def _model_with_external(location: str) -> onnx.ModelProto:
@@ -220,7 +213,7 @@ def test_predict_csv_matches_pytorch_without_importing_torch(tmp_path, exports):
     import pandas as pd
 
     net, path, spec = exports("mlp")
-    x = inputs_for(spec, 20)
+    x = random_inputs(spec, 20)
     pd.DataFrame(x, columns=[f"f{i}" for i in range(12)]).to_csv(tmp_path / "in.csv", index=False)
     done = _predict(str(path), str(tmp_path / "in.csv"), "--output", str(tmp_path / "p.csv"))
     assert done.returncode == 0, done.stderr

@@ -18,15 +18,8 @@ from dl_lightning.errors import InputError
 from dl_lightning.modules.gan import GANModule, SampleGridCallback
 from dl_lightning.modules.optim import rescale_lr
 from dl_lightning.registry import FAMILIES, build_model, load_model, monitor_for
+from tests.fixtures import KINDS, SPECS, random_inputs, random_targets, tiny_spec
 
-KINDS = ("tabular", "image", "sequence", "text")
-VOCAB = ("<pad>", "<unk>", "a", "b", "c", "d", "e")
-SPECS = {
-    "tabular": DataSpec("tabular", "classification", (5,), 3, mean=(1.0,) * 5, std=(2.0,) * 5),
-    "image": DataSpec("image", "classification", (1, 8, 8), 3, mean=(4.0,), std=(5.0,)),
-    "sequence": DataSpec("sequence", "regression", (6, 3), 1, mean=(0.5,) * 3, std=(1.5,) * 3),
-    "text": DataSpec("text", "classification", (7,), 2, vocab=VOCAB),
-}
 # small architectures keep every case well under a second
 ARCH = {
     "mlp": {"hidden": [16, 8], "batch_norm": True, "dropout": 0.1},
@@ -47,16 +40,11 @@ TRAINER = {
 
 
 def inputs(spec: DataSpec, n: int) -> torch.Tensor:
-    """Raw-scale inputs: token ids with some padding for text, shifted/scaled noise otherwise."""
-    if spec.kind == "text":
-        return torch.randint(0, len(spec.vocab), (n, *spec.input_shape))
-    return torch.randn(n, *spec.input_shape) * 3 + 2
+    return torch.from_numpy(random_inputs(spec, n))
 
 
 def targets(spec: DataSpec, n: int) -> torch.Tensor:
-    if spec.task == "classification":
-        return torch.arange(n) % spec.num_outputs  # every class present, so AUROC is defined
-    return torch.randn(n)
+    return torch.from_numpy(random_targets(spec, n))
 
 
 def loader(spec: DataSpec, n: int = 16) -> DataLoader:
@@ -110,7 +98,7 @@ def test_rejected_kind_raises_one_line_input_error(family: str, kind: str) -> No
 
 
 def test_gan_needs_no_labels_and_takes_any_image_size() -> None:
-    spec = DataSpec("image", "regression", (3, 10, 6), 1, mean=(0.0,) * 3, std=(1.0,) * 3)
+    spec = tiny_spec("image", task="regression", input_shape=(3, 10, 6), num_outputs=1, mean=(0.0,) * 3, std=(1.0,) * 3)
     model = build_model("gan", spec, ARCH["gan"], {})
     assert model(torch.randn(2, 8)).shape == (2, 3, 10, 6)
 

@@ -223,7 +223,7 @@ def test_onnx_only_version_is_refused_in_one_line(tmp_path, store):
     assert "\n" not in str(info.value)
 
 
-def test_output_layer_stays_fresh_when_the_classes_differ(tmp_path):
+def test_head_stays_fresh_when_the_classes_differ(tmp_path):
     """Same number of classes, other names: the head fits in shape but would score other classes."""
     from dl_lightning.transfer import plan_load
 
@@ -231,4 +231,15 @@ def test_output_layer_stays_fresh_when_the_classes_differ(tmp_path):
     saved = model.state_dict()
     assert "net.head.weight" in plan_load(model, saved, ["0", "1", "2"]).loaded
     report = plan_load(model, saved, ["x", "y", "z"])
-    assert report.skipped["net.head.weight"] == "output layer of other classes" and "net.body.0.weight" in report.loaded
+    assert report.skipped["net.head.weight"] == "head of other classes" and "net.body.0.weight" in report.loaded
+
+
+def test_a_cnn_keeps_its_convolutions_and_drops_its_whole_head_for_other_classes(tmp_path):
+    """The hidden head layer separated the old classes too: it stays fresh with the output layer."""
+    from dl_lightning.transfer import plan_load
+
+    model, _ = module_for(config(tmp_path, npz(tmp_path / "d.npz", 3, features=16), "model.family=cnn"))
+    report = plan_load(model, model.state_dict(), ["x", "y", "z"])
+    head = [name for name in model.state_dict() if name.startswith("net.head.")]
+    assert len(head) == 4 and all(report.skipped[name] == "head of other classes" for name in head)
+    assert any(name.startswith("net.features.") for name in report.loaded)

@@ -75,6 +75,24 @@ def test_parent_run_carries_the_headline(cfg, store, tmp_path):
     assert [a.path for a in listed] == ["train/review/confusion_matrix.png"]  # where report.md links it
 
 
+def test_the_runs_table_link_opens_a_view_with_the_headline_columns(cfg, store, tmp_path):
+    import json
+
+    with tracking.job_run(cfg, kind="pipeline", name="pipeline cnn digits") as parent:
+        front_page.publish(cfg, parent, _stages(tmp_path / "run"), tmp_path / "run")
+    client = MlflowClient(tracking_uri=store)
+    experiment_id = client.get_run(parent).info.experiment_id
+    view = json.loads(client.get_experiment(experiment_id).tags["mlflow.sharedViewState.dlforge"])
+    columns = view["selectedColumns"]
+    assert columns[:2] == ["attributes.`Dataset`", "attributes.`Models`"]
+    assert columns[2:5] == ["metrics.`champion/acc`", "metrics.`champion/size_mb`", "metrics.`champion/latency_b1_ms`"]
+    assert "metrics.`gates/failed`" in columns and "tags.`dlforge.champion`" in columns
+    assert "metrics.`int8/acc`" in columns and "metrics.`int8/size_mb`" not in columns  # few enough to fit
+    assert tracking.has_runs_view(experiment_id)
+    url = tracking.experiment_url("http://127.0.0.1:5000", experiment_id, view=True)
+    assert url == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey=dlforge"
+
+
 def test_nothing_is_published_with_tracking_off(tmp_path):
     front_page.publish(Config(), None, _stages(tmp_path), tmp_path)  # no run, no store: no error
 

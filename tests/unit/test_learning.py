@@ -20,20 +20,14 @@ from dl_lightning.data.spec import DataSpec
 from dl_lightning.data.splits import fit_normalization
 from dl_lightning.registry import FAMILIES, build_model
 from pipelines.config import ModelConfig, OptimConfig
+from tests.fixtures import KINDS, VOCAB, tiny_spec
 
 CLASSES = 4
 CHANCE = 1 / CLASSES
 MIN_ACCURACY = 0.6  # more than twice chance
 EPOCHS = 5
 TRAIN, TEST = 320, 256  # examples
-VOCAB = ("<pad>", "<unk>", *(f"w{i}" for i in range(30)))
-CASES = [
-    (f, k)
-    for f, cls in FAMILIES.items()
-    if f != "gan"
-    for k in ("tabular", "image", "sequence", "text")
-    if k in cls.accepts
-]
+CASES = [(f, k) for f, cls in FAMILIES.items() if f != "gan" for k in KINDS if k in cls.accepts]
 
 
 def made_up(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +55,7 @@ def made_up(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np
 
 def spec_for(kind: str, x: np.ndarray) -> DataSpec:
     mean, std = fit_normalization(x, kind)
-    vocab = VOCAB if kind == "text" else ()
-    return DataSpec(kind, "classification", tuple(x.shape[1:]), CLASSES, mean=mean, std=std, vocab=vocab)
+    return tiny_spec(kind, task="classification", input_shape=x.shape[1:], num_outputs=CLASSES, mean=mean, std=std)
 
 
 def default_model(family: str, spec: DataSpec) -> L.LightningModule:

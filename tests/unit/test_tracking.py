@@ -441,3 +441,26 @@ def test_promote_best_moves_the_alias_to_the_best_version_that_passed(cfg, clien
     table = tracking.promote_best("promo", "champion", metric="test/acc", mode="max")
     assert str(client.get_model_version_by_alias("promo", "champion").version) == "3"
     assert str(table["champion"]) == "3"
+
+
+def test_dataset_names_read_as_a_reviewer_would_name_them():
+    from pipelines.tracking.runs import dataset_name
+
+    assert dataset_name("builtin:digits") == "digits"
+    assert dataset_name("/data/signals.npz") == "signals"
+    assert dataset_name("examples/my_datamodule.py:MyDataModule") == "MyDataModule"
+    assert dataset_name("mypkg.data:ShardedImages") == "ShardedImages"
+
+
+def test_the_source_column_names_the_dlforge_command(store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.config import load_config
+
+    monkeypatch.setattr("sys.argv", ["/x/pipelines/__main__.py", "train", "configs/a.yaml", "seed=1"])
+    cfg = load_config(None, [f"tracking.uri={store}", f"output_dir={tmp_path}"])
+    with tracking.job_run(cfg, kind="train") as run_id:
+        pass
+    tags = MlflowClient(tracking_uri=store).get_run(run_id).data.tags
+    assert tags["mlflow.source.name"] == "dlforge train" and tags["mlflow.source.type"] == "LOCAL"
