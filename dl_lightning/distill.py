@@ -35,9 +35,13 @@ def distillation_loss(
     task: str,
     alpha: float,
     temperature: float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The blended loss of one batch; ``student``/``teacher`` ``(B, K)`` logits or ``(B, 1)`` values."""
-    hard = label_loss(student, target, task)
+    """The blended loss of one batch; ``student``/``teacher`` ``(B, K)`` logits or ``(B, 1)`` values.
+
+    ``weight``: per-class weights of the hard term (``data.class_weights=balanced``), as in the student's own fit.
+    """
+    hard = label_loss(student, target, task, weight)
     if task == "regression":
         pred = student.reshape(-1)  # (B,)
         soft = F.mse_loss(pred, teacher.reshape(-1).to(pred.dtype))
@@ -50,12 +54,15 @@ def distillation_loss(
     return alpha * hard + (1.0 - alpha) * (t * t) * soft
 
 
-def label_loss(student: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    """The plain supervised loss: cross-entropy of ``(B, K)`` logits, or MSE of ``(B, 1)`` values."""
+def label_loss(
+    student: torch.Tensor, target: torch.Tensor, task: str, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The plain supervised loss: cross-entropy of ``(B, K)`` logits (classes weighted by ``weight``), or MSE of
+    ``(B, 1)`` values."""
     if task == "regression":
         pred = student.reshape(-1)  # (B,)
         return F.mse_loss(pred, target.reshape(-1).to(pred.dtype))
-    return F.cross_entropy(student, target.long())
+    return F.cross_entropy(student, target.long(), weight=weight)
 
 
 def mix_inputs(x: torch.Tensor, concentration: float) -> torch.Tensor:
@@ -71,13 +78,21 @@ def mix_batch(x: torch.Tensor, concentration: float) -> tuple[torch.Tensor, torc
     return weight * x + (1.0 - weight) * x[partner], lam, partner
 
 
-def mixed_label_loss(out: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor, task: str):
-    """Mixup's own loss (Zhang et al. 2018) on mixed inputs: the labels blended with the inputs' weights."""
+def mixed_label_loss(
+    out: torch.Tensor,
+    y: torch.Tensor,
+    lam: torch.Tensor,
+    partner: torch.Tensor,
+    task: str,
+    weight: torch.Tensor | None = None,
+):
+    """Mixup's own loss (Zhang et al. 2018) on mixed inputs: the labels blended with the inputs' weights (and each
+    label's class weight, when ``weight`` is given)."""
     if task == "regression":
         target = lam * y.to(lam) + (1.0 - lam) * y[partner].to(lam)  # (B,)
         return F.mse_loss(out.reshape(-1), target)
-    ce = F.cross_entropy(out, y.long(), reduction="none")  # (B,)
-    ce_partner = F.cross_entropy(out, y[partner].long(), reduction="none")
+    ce = F.cross_entropy(out, y.long(), weight=weight, reduction="none")  # (B,)
+    ce_partner = F.cross_entropy(out, y[partner].long(), weight=weight, reduction="none")
     return (lam * ce + (1.0 - lam) * ce_partner).mean()
 
 
@@ -149,25 +164,31 @@ class DistillModule(L.LightningModule):
         b = len(y)
         with torch.no_grad():
             soft_targets = self.teacher(seen)  # (B', K)
+        weight = self._class_weight()
         loss = distillation_loss(
-            out[:b], soft_targets[:b], y, task=self.task, alpha=self.alpha, temperature=self.temperature
+            out[:b], soft_targets[:b], y, task=self.task, alpha=self.alpha, temperature=self.temperature, weight=weight
         )
         if len(seen) > b:  # the mixed copies: the teacher's targets, and mixup's blended labels as the hard term
             soft = distillation_loss(
                 out[b:], soft_targets[b:], y, task=self.task, alpha=0.0, temperature=self.temperature
             )
-            hard = mixed_label_loss(out[b:], y, lam, partner, self.task)
+            hard = mixed_label_loss(out[b:], y, lam, partner, self.task, weight)
             loss = loss + (self.alpha * hard + (1.0 - self.alpha) * soft) * (1.0 - self.alpha)
         return loss
 
     def _twin_loss(self, out: torch.Tensor, y: torch.Tensor, lam: Any, partner: Any) -> torch.Tensor:
         # the from-scratch twin: labels where the teacher would speak — plain loss on the real examples,
         # mixup's blended labels on the mixed copies, each weighted as the distilled student's are
-        b = len(y)
-        loss = label_loss(out[:b], y, self.task)
+        b, weight = len(y), self._class_weight()
+        loss = label_loss(out[:b], y, self.task, weight)
         if len(out) > b:
-            loss = loss + mixed_label_loss(out[b:], y, lam, partner, self.task) * (1.0 - self.alpha)
+            loss = loss + mixed_label_loss(out[b:], y, lam, partner, self.task, weight) * (1.0 - self.alpha)
         return loss
+
+    def _class_weight(self) -> torch.Tensor | None:
+        # data.class_weights=balanced: the student's own weights (set from the train split), so its hard-label term
+        # weighs the classes as its own fit would
+        return getattr(self.student, "class_weight", None)
 
     def on_train_epoch_start(self) -> None:
         self._loss_logged = False

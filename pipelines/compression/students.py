@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as L
 
 from dl_lightning.data import Splits
+from dl_lightning.data.balance import balanced_class_weights
 from dl_lightning.data.user_datamodule import UserData
 from dl_lightning.distill import DistillModule
 from dl_lightning.families import Family
@@ -103,7 +104,7 @@ def train_students(
     inputs = stage_key(fit_cfg.to_dict(), arch, family, _fingerprint(teacher.checkpoint))
     if teacher.ensemble is not None:  # compress.teacher=ensemble: another teacher, another student
         inputs = stage_key(inputs, [_fingerprint(m) for m in teacher.members])
-    distilled = _build_student(fit_cfg, teacher, family, arch)
+    distilled = _build_student(fit_cfg, teacher, splits, family, arch)
     if c.inherit:
         inherit_teacher(distilled, teacher, family)
     taught_by = teacher.ensemble if teacher.ensemble is not None else teacher.module
@@ -111,7 +112,7 @@ def train_students(
     _fit(fit_cfg, module, splits, "student", inputs)
     if not c.scratch:
         return distilled, None
-    scratch = _build_student(fit_cfg, teacher, family, arch)
+    scratch = _build_student(fit_cfg, teacher, splits, family, arch)
     twin = DistillModule(scratch, None, teacher.spec.task, c.alpha, c.temperature, c.mixup)
     _fit(fit_cfg, twin, splits, "scratch", inputs)
     return distilled, scratch
@@ -148,9 +149,17 @@ def student_fit_config(cfg: Config, teacher: Teacher, family: str) -> Config:
     return cfg.with_overrides(overrides)
 
 
-def _build_student(fit_cfg: Config, teacher: Teacher, family: str, arch: dict[str, Any]) -> L.LightningModule:
+def _build_student(
+    fit_cfg: Config, teacher: Teacher, splits: Splits | UserData, family: str, arch: dict[str, Any]
+) -> L.LightningModule:
+    """A fresh student; under ``data.class_weights=balanced`` its hard-label loss weighs the classes as the
+    teacher's did (inverse frequency in the train split)."""
     L.seed_everything(fit_cfg.seed, workers=True, verbose=False)
-    return build_model(family, teacher.spec, arch, optim_settings(fit_cfg))
+    student = build_model(family, teacher.spec, arch, optim_settings(fit_cfg))
+    balanced = fit_cfg.data.class_weights == "balanced" and teacher.spec.task == "classification"
+    if balanced and isinstance(splits, Splits) and hasattr(student, "set_class_weights"):
+        student.set_class_weights(balanced_class_weights(splits.train[1], teacher.spec.num_outputs))
+    return student
 
 
 def _fit(cfg: Config, module: L.LightningModule, splits: Splits | UserData, name: str, inputs: str) -> None:
@@ -158,7 +167,7 @@ def _fit(cfg: Config, module: L.LightningModule, splits: Splits | UserData, name
     fit_cfg = cfg.with_overrides({"output_dir": str(folder)})
     resume = _continuable(folder, inputs)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = make_datamodule(cfg, splits, sampler="none")
+    datamodule = make_datamodule(cfg, splits)  # data.sampler=balanced draws the student's batches as the teacher's
     # the last epoch's weights, not the best-validated ones: picking a checkpoint on a small validation split is early
     # stopping by another name, and a student gains late (patience, Beyer et al. 2022); twins are treated alike
     fit_module(fit_cfg, module, datamodule, splits.spec.task, test=False, resume=resume)

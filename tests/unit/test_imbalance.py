@@ -92,3 +92,35 @@ def test_balancing_a_regression_is_refused(tmp_path, cli):
         f"output_dir={tmp_path / 'o'}",
     )
     assert code == 2 and "classifier" in err
+
+
+def test_distillation_weighs_the_hard_labels_as_the_students_own_fit(tmp_path):
+    """data.class_weights=balanced reaches both students built for compress, and their hard-label terms."""
+    import torch.nn.functional as F
+
+    from dl_lightning.distill import DistillModule
+    from pipelines.compression import students
+    from pipelines.compression.teacher import Teacher
+
+    cfg = load_config(
+        None,
+        [
+            f"data.source={imbalanced(tmp_path)}",
+            "model.family=mlp",
+            "model.mlp.hidden=[8]",
+            "data.class_weights=balanced",
+            "tracking.enabled=false",
+            f"output_dir={tmp_path}",
+        ],
+    )
+    splits = load_data(cfg)
+    teacher = Teacher(None, "t", "mlp", splits.spec, {"hidden": [8]}, None, epochs=1)
+    student = students._build_student(cfg, teacher, splits, "mlp", {"hidden": [4], "batch_norm": False})
+    assert student.class_weight[1] > 5 * student.class_weight[0]
+
+    x, y = torch.as_tensor(splits.train[0]), torch.as_tensor(splits.train[1])  # both classes
+    twin = DistillModule(student.eval(), None, "classification", alpha=0.5, temperature=2.0, mixup=0.0)
+    out = student(x)
+    expected = F.cross_entropy(out, y.long(), weight=student.class_weight)
+    assert torch.allclose(twin._twin_loss(out, y, None, None), expected)
+    assert not torch.allclose(expected, F.cross_entropy(out, y.long()))  # the weights change the loss
