@@ -3,7 +3,7 @@
 What the field does before distilling (DistilBERT initialises its student from the teacher's layers; Minitron prunes,
 then distils): the student is the teacher's architecture with its widths shrunk, so each student tensor is a slice
 of the teacher tensor of the same name. :func:`inherit` copies, for every student parameter and persistent buffer
-with a teacher counterpart of the same name and rank, the teacher's leading part along every axis — the same first
+with a teacher counterpart of the same name and rank, the teacher's leading part along every axis — the same leading
 ``k`` units everywhere, so the units a layer keeps are exactly the inputs the next layer keeps. Axes that stack
 several groups of units are sliced group by group:
 
@@ -15,19 +15,34 @@ several groups of units are sliced group by group:
   must be the same in both (a shrunk transformer keeps ``nhead`` and narrows ``head_dim``).
 - BatchNorm's running statistics slice like its weights; its batch counter is copied.
 
-With the same widths the student is an exact copy of the teacher. A tensor that cannot be sliced (another rank, a
+Which units come first: in a plain chain of layers (the MLP, the CNN: linear and conv layers, each optionally followed
+by BatchNorm, each reading only the one before it) the teacher is first reordered, on a copy, so that each hidden
+layer's most important units lead (:func:`ranked`), and the leading slice keeps the top ``k`` rather than the first
+``k``. A unit's importance is the size of what it sends on: its BatchNorm scale ``|gamma|`` (the network-slimming
+criterion of Liu et al. 2017) times the norm of its outgoing weights. A layer without BatchNorm keeps first-``k``:
+ranking its units by weight norms (incoming × outgoing) was measured worse than first-``k`` on the MLP benchmark
+(distilled student on 1,000 noisy rows: 1.6 points lower). One permutation per layer moves the unit's output row,
+its BatchNorm entries and the next layer's input columns together (a conv channel's columns in a flattened head
+move as one block of grid positions), so the reordered teacher computes what the teacher does (up to float
+rounding). Recurrent and attention nets keep first-``k``: their gates and heads are blocks whose ranking would need
+more than one permutation per axis.
+
+With the same widths the student computes what the teacher does. A tensor that cannot be sliced (another rank, a
 student axis wider than the teacher's, a group count that does not divide it) is left as initialised and named in
 the result. Non-persistent buffers (a position table computed from the shape) are the student's own.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}  # stacked gate blocks in the rows of a recurrent layer's tensors
+LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)  # the links of a chain that :func:`ranked` reorders
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass(frozen=True)
@@ -47,12 +62,16 @@ class Inheritance:
         return f"{text}; fresh: {', '.join(self.fresh)}" if self.fresh else text
 
 
-def inherit(student: nn.Module, teacher: nn.Module) -> Inheritance:
+def inherit(student: nn.Module, teacher: nn.Module, by_importance: bool = True) -> Inheritance:
     """Copy the teacher's leading slice into every student tensor that has a sliceable counterpart of its name.
 
-    Guarantees: with identical architectures the student's outputs equal the teacher's exactly; a copied tensor
-    equals the teacher's slice (group by group for gates, heads and directions). The teacher is not modified.
+    Guarantees: with identical architectures the student's outputs equal the teacher's (up to float rounding); a
+    copied tensor equals the slice of the teacher — reordered most important unit first by :func:`ranked` when
+    ``by_importance`` (a no-op on nets that are not a plain chain), as it is otherwise (group by group for gates,
+    heads and directions). The teacher is not modified.
     """
+    if by_importance:
+        teacher = ranked(teacher)
     teacher_tensors = {**dict(teacher.named_parameters()), **_persistent_buffers(teacher)}
     copied, fresh = 0, []
     with torch.no_grad():
@@ -129,3 +148,67 @@ def _directions_before(root: nn.Module, linear: nn.Linear) -> int:
         elif isinstance(module, nn.Linear):
             directions = 1
     return 1
+
+
+def ranked(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose hidden units are reordered, layer by layer, most important first.
+
+    Guarantees: the copy computes the same function as ``net`` (up to float rounding); only the hidden units of a
+    plain chain of linear / conv layers that are followed by an affine BatchNorm move (the last layer's outputs and
+    the first one's inputs stay; a layer without BatchNorm keeps its order). A net that
+    is not such a chain (recurrent, attention, grouped convs, a layer whose inputs are not its predecessor's
+    outputs) comes back as an unchanged copy. ``net`` itself is not modified.
+    """
+    net = copy.deepcopy(net)
+    with torch.no_grad():
+        for layer, norm, after in _chain(net):
+            if norm is None or not norm.affine:
+                continue  # no gamma: weight norms ranked worse than first-k (docs/benchmarks.md, distillation)
+            score = norm.weight.abs() * _outgoing_norm(after, len(norm.weight))
+            _reorder(layer, norm, after, torch.argsort(score, descending=True, stable=True))
+    return net
+
+
+def _chain(net: nn.Module) -> list[tuple[nn.Module, nn.Module | None, nn.Module]]:
+    """(layer, its BatchNorm or None, the layer reading it) for each hidden layer; [] when ``net`` is no chain."""
+    if any(type(m) in GATES or isinstance(m, nn.MultiheadAttention) for m in net.modules()):
+        return []
+    links: list[list] = []  # [layer, norm]
+    for module in net.modules():
+        if isinstance(module, LAYERS):
+            if getattr(module, "groups", 1) != 1:
+                return []
+            links.append([module, None])
+        elif isinstance(module, NORMS) and links and links[-1][1] is None:
+            links[-1][1] = module
+    chain = [(a, norm, b) for (a, norm), (b, _) in zip(links[:-1], links[1:], strict=False)]
+    return chain if all(_fits(*link) for link in chain) else []
+
+
+def _fits(layer: nn.Module, norm: nn.Module | None, after: nn.Module) -> bool:
+    """``after`` reads ``layer``'s units: as channels, or (a linear layer) as equal blocks of flattened positions."""
+    units, read = layer.weight.shape[0], after.weight.shape[1]
+    same = norm is None or norm.num_features == units
+    return same and (read == units or (isinstance(after, nn.Linear) and read % units == 0))
+
+
+def _outgoing_norm(after: nn.Module, units: int) -> torch.Tensor:
+    """Per unit read by ``after``: the norm of the weights that carry it on (all its kernel taps or grid positions)."""
+    return _unit_axis(after.weight, units).transpose(0, 1).flatten(1).norm(dim=1)
+
+
+def _unit_axis(weight: torch.Tensor, units: int) -> torch.Tensor:
+    """``weight`` with its input axis (1) split into (units, positions): a conv's kernel, or a flattened head's
+    grid positions, stays with its unit."""
+    return weight.unflatten(1, (units, weight.shape[1] // units))
+
+
+def _reorder(layer: nn.Module, norm: nn.Module | None, after: nn.Module, order: torch.Tensor) -> None:
+    """Move unit ``order[i]`` of ``layer`` to place ``i`` everywhere it appears: rows, BatchNorm, next inputs."""
+    rows = [layer.weight, layer.bias]
+    if norm is not None:
+        rows += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+    for tensor in (t for t in rows if t is not None):
+        tensor.copy_(tensor[order])
+    split = _unit_axis(after.weight, len(order))
+    after.weight.copy_(split[:, order].flatten(1, 2))

@@ -222,26 +222,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"dlforge: {', '.join(unused)} unused: the sweep is off (tune.enabled=false or --no-sweep)", flush=True)
     with sigterm_exits():  # SIGTERM outside a fit (sweep, compress, waiting on the train child) closes runs KILLED
         result = run.run_pipeline(cfg, force=args.force)
-    compressed = result.stages["compress"]
+    compressed, sweep = result.stages.compress, result.stages.sweep
     champion = run.champion_of(result, cfg.tracking.enabled)
     summary = write_summary(
         cfg,
         "run",
         started,
-        metrics=result.stages["train"]["metrics"],
+        metrics=result.stages.train.result.metrics,
         champion=champion,
-        registry=result.champion,
-        gates=compressed["gates"],
-        passed=compressed["passed"],
+        registry=result.champion.to_dict() if result.champion else None,
+        gates=compressed.to_dict()["gates"],
+        passed=compressed.passed,
         skipped_stages=result.skipped,
-        importance=(result.stages.get("sweep") or {}).get("importance", {}),
+        importance=sweep.importance if sweep else {},
         stage_seconds=result.timings,
         paths=run.pipeline_paths(result),
         models=run.registered_models(result),
         mlflow_run_id=result.run_id,
     )
     _print_pipeline(cfg, result, summary, args.items)
-    failed = [g for g in compressed["gates"] if not g["passed"]]
+    failed = [dataclasses.asdict(g) for g in compressed.failed]
     _print_failed_gates(failed, champion)
     return run.exit_code(champion is not None, failed, strict=args.strict)
 
@@ -254,20 +254,21 @@ def _print_failed_gates(failed: list[dict[str, Any]], champion: str | None) -> N
 
 
 def _print_pipeline(cfg: Config, result: Any, summary: Path, items: list[str]) -> None:
-    champion = result.champion or {}
-    if champion.get("champion"):
-        print(f"  champion           {champion['name']} version {champion['champion']} ({champion['model']})")
+    promoted, chosen = result.champion, result.stages.compress.champion
+    if promoted and promoted.champion:
+        print(f"  champion           {promoted.name} version {promoted.champion} ({promoted.model})")
     elif cfg.tracking.enabled:
         print("  champion           none: no artifact has passed its own gates")
-    elif result.stages["compress"].get("champion"):
-        print(f"  champion           {result.stages['compress']['champion']} (tracking off: not registered)")
-    _print_result(result.stages["train"]["metrics"], {"report": result.report_html}, summary)
+    elif chosen:
+        print(f"  champion           {chosen} (tracking off: not registered)")
+    _print_result(result.stages.train.result.metrics, {"report": result.report_html}, summary)
     _print_run_link(cfg, result.run_id, items)
 
 
 def _print_run_link(cfg: Config, run_id: str | None, items: list[str]) -> None:
-    """The job's MLflow run id and its page; for a local store, the ``dlforge ui`` command (the job's config file
-    and ``tracking.*`` overrides, ``items``) that serves it."""
+    """The job's MLflow run id, its page and its experiment's runs table (in the headline columns once a pipeline
+    set them); for a local store, the ``dlforge ui`` command (the job's config file and ``tracking.*`` overrides,
+    ``items``) that serves them."""
     if run_id is None:  # tracking off, or a rank other than 0
         return
     from pipelines import tracking
@@ -278,6 +279,7 @@ def _print_run_link(cfg: Config, run_id: str | None, items: list[str]) -> None:
         extra = " ".join(a for a in shown if a.endswith((".yaml", ".yml")) or a.startswith("tracking."))
         url += f"  (serve it: dlforge ui {extra}".rstrip() + ")"
     print(f"  {'mlflow_run':<18} {run_id}\n  {'dashboard':<18} {url}", flush=True)
+    print(f"  {'runs_table':<18} {tracking.runs_table_url(cfg, run_id)}", flush=True)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -311,7 +313,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         errored=result.errored,
         trials=result.trials,
         importance=result.importance,
-        paths=sweep_paths(dataclasses.asdict(result)),
+        paths=sweep_paths(result),
         timing=result.timing,
         mlflow_run_id=result.run_id,
     )
@@ -386,7 +388,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         gates=[dataclasses.asdict(g) for g in result.gates],
         passed=result.passed,
         champion=result.champion,
-        paths=compress_paths(dataclasses.asdict(result)),
+        paths=compress_paths(result),
         models=(result.registered or {}).get("models", {}),
         student=result.student,
         teacher_run_id=result.teacher_run_id,

@@ -202,8 +202,9 @@ class CompressConfig:
     # Not for text (token ids do not mix); images keep data.augment too, seen alike by teacher and student
     mixup: float = field(default=1.0, metadata=_check(ge=0))  # 1: λ uniform, inputs anywhere between two examples
     # the distilled student starts from its teacher's weights (DistilBERT, Minitron): a student of the teacher's
-    # family is its architecture shrunk, so each of its tensors takes the teacher's leading slice (the same first units
-    # in every layer; per gate, head and direction; dl_lightning/inherit.py). The from-scratch twin stays random-init
+    # family is its architecture shrunk, so each of its tensors takes a slice of the teacher's: a layer with BatchNorm
+    # keeps its most important units (|gamma| × outgoing weights), others their first units, per gate, head and
+    # direction (dl_lightning/inherit.py). The from-scratch twin stays random-init
     inherit: bool = True
     scratch: bool = True  # also train the same student from scratch with the same budget, to show the gain
     # the student learns from the trained model (single), or — dlforge run after a sweep — from the ensemble of the
@@ -222,7 +223,10 @@ class CompressConfig:
     latency_repeats: int = field(default=30, metadata=_check(ge=1))
     # the model registered as <experiment>-<family>-onnx (alias 'candidate') when tracking is on and every gate
     # passes; an INT8 choice ships the fp32 file when compress.quantization=none
-    register: Literal["teacher-int8", "teacher", "student-int8", "student", "none"] = "teacher-int8"
+    # (ensemble-int8 / ensemble: the best sweep trials as one graph, under compress.teacher=ensemble)
+    register: Literal["teacher-int8", "teacher", "student-int8", "student", "ensemble-int8", "ensemble", "none"] = (
+        "teacher-int8"
+    )
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,14 @@ runs table can show them as columns and runs compare across jobs:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipelines import tracking
 from pipelines.config import Config
+
+if TYPE_CHECKING:
+    from pipelines.compression.results import Row
+    from pipelines.stage_results import StageResults
 
 # Headline name → compress row key (fallbacks in order): the shipped file of each kind.
 ROLES = {
@@ -35,10 +39,12 @@ ARTIFACT_ROWS = {
     "teacher-int8": "teacher_int8_onnx",
     "student": "student_fp32_onnx",
     "student-int8": "student_int8_onnx",
+    "ensemble": "ensemble_fp32_onnx",
+    "ensemble-int8": "ensemble_int8_onnx",
 }
 
 
-def publish(cfg: Config, parent: str | None, stages: dict[str, Any], out: Path) -> None:
+def publish(cfg: Config, parent: str | None, stages: StageResults, out: Path) -> None:
     """Log the headline metrics, tags, description and report images to the parent run; nothing when it is None."""
     if parent is None:
         return
@@ -52,16 +58,16 @@ def publish(cfg: Config, parent: str | None, stages: dict[str, Any], out: Path) 
         tracking.log_artifact(parent, image, None if str(folder) == "." else str(folder))
 
 
-def headline_metrics(stages: dict[str, Any]) -> dict[str, float]:
+def headline_metrics(stages: StageResults) -> dict[str, float]:
     """Metrics of the teacher, its INT8 file, the student and the champion; gate counts. Absent rows are left out."""
-    compress, leaf = stages["compress"], metric_leaf(stages)
-    rows = {row.get("key"): row for row in compress.get("rows", [])}
+    compress, leaf = stages.compress, metric_leaf(stages)
+    rows = {row.key: row for row in compress.rows}
     metrics: dict[str, float] = {}
     for role, keys in ROLES.items():
         metrics |= _row_metrics(role, leaf, next((rows[k] for k in keys if k in rows), None))
     metrics |= _row_metrics("champion", leaf, rows.get(ARTIFACT_ROWS.get(champion_artifact(stages) or "", "")))
-    gates = compress.get("gates", [])
-    passed = sum(bool(g["passed"]) for g in gates)
+    gates = compress.gates
+    passed = sum(g.passed for g in gates)
     return metrics | {"gates/passed": float(passed), "gates/failed": float(len(gates) - passed)}
 
 
@@ -78,45 +84,47 @@ def table_columns(metrics: dict[str, float]) -> list[str]:
     return sorted((n for n in shown if n.partition("/")[0] in roles), key=order)
 
 
-def metric_leaf(stages: dict[str, Any]) -> str:
+def metric_leaf(stages: StageResults) -> str:
     """The test metric's last part (``acc``, ``mse``; ``metric`` when the stage measured none, as for the GAN)."""
-    return (stages["compress"].get("metric") or "metric").split("/")[-1]
+    return (stages.compress.metric or "metric").split("/")[-1]
 
 
-def _row_metrics(role: str, leaf: str, row: dict[str, Any] | None) -> dict[str, float]:
+def _row_metrics(role: str, leaf: str, row: Row | None) -> dict[str, float]:
     if row is None:
         return {}
-    metrics = {f"{role}/size_mb": row["size_bytes"] / 1e6, f"{role}/latency_b1_ms": row["latency_ms"]["b1_p50"]}
-    return metrics | ({f"{role}/{leaf}": float(row["metric"])} if row.get("metric") is not None else {})
+    metrics = {f"{role}/size_mb": row.size_bytes / 1e6, f"{role}/latency_b1_ms": row.latency_ms["b1_p50"]}
+    return metrics | ({f"{role}/{leaf}": float(row.metric)} if row.metric is not None else {})
 
 
-def champion_artifact(stages: dict[str, Any]) -> str | None:
+def champion_artifact(stages: StageResults) -> str | None:
     """The shipped artifact: the one promoted in the registry, else the compress stage's choice."""
-    promote = stages.get("promote") or {}
-    return promote.get("model") or (None if promote.get("champion") else stages["compress"].get("champion"))
+    promote = stages.promote
+    if promote is not None and (promote.model or promote.champion):
+        return promote.model
+    return stages.compress.champion
 
 
-def champion_uri(stages: dict[str, Any]) -> str | None:
+def champion_uri(stages: StageResults) -> str | None:
     """``models:/NAME/VERSION`` of the promoted champion, or None when nothing was promoted."""
-    promote = stages.get("promote") or {}
-    return f"models:/{promote['name']}/{promote['champion']}" if promote.get("champion") else None
+    promote = stages.promote
+    return f"models:/{promote.name}/{promote.champion}" if promote is not None and promote.champion else None
 
 
-def headline_tags(stages: dict[str, Any]) -> dict[str, str]:
+def headline_tags(stages: StageResults) -> dict[str, str]:
     """Champion, its registry version, failed gates and the child runs' ids; empty values left out."""
-    failed = [g["name"] for g in stages["compress"].get("gates", []) if not g["passed"]]
+    failed = [g.name for g in stages.compress.failed]
     tags = {
         "dlforge.champion": champion_artifact(stages) or "none",
         "dlforge.champion_model": champion_uri(stages),
         "dlforge.gates_failed": ", ".join(failed) or "none",
-        "dlforge.sweep_run_id": (stages.get("sweep") or {}).get("run_id"),
-        "dlforge.train_run_id": stages["train"].get("mlflow_run_id"),
-        "dlforge.compress_run_id": stages["compress"].get("run_id"),
+        "dlforge.sweep_run_id": stages.sweep.run_id if stages.sweep is not None else None,
+        "dlforge.train_run_id": stages.train.result.run_id,
+        "dlforge.compress_run_id": stages.compress.run_id,
     }
     return {k: str(v) for k, v in tags.items() if v}
 
 
-def description(cfg: Config, stages: dict[str, Any]) -> str:
+def description(cfg: Config, stages: StageResults) -> str:
     """A short markdown summary of the job: what ran, the champion, the headline numbers and the gates."""
     metrics, leaf = headline_metrics(stages), metric_leaf(stages)
     champion, uri = champion_artifact(stages), champion_uri(stages)
@@ -133,13 +141,13 @@ def description(cfg: Config, stages: dict[str, Any]) -> str:
     return "\n".join([*lines, "", "Full report: `report.md` / `report.html` (artifacts)."])
 
 
-def _gates_line(stages: dict[str, Any]) -> str:
-    gates = stages["compress"].get("gates", [])
-    shown = ", ".join(f"{'✓' if g['passed'] else '✗'} {g['name']}" for g in gates)
-    return f"**Gates:** {sum(bool(g['passed']) for g in gates)}/{len(gates)} passed" + (f": {shown}" if shown else "")
+def _gates_line(stages: StageResults) -> str:
+    gates = stages.compress.gates
+    shown = ", ".join(f"{'✓' if g.passed else '✗'} {g.name}" for g in gates)
+    return f"**Gates:** {sum(g.passed for g in gates)}/{len(gates)} passed" + (f": {shown}" if shown else "")
 
 
-def report_images(cfg: Config, stages: dict[str, Any], out: Path) -> list[Path]:
+def report_images(cfg: Config, stages: StageResults, out: Path) -> list[Path]:
     """The image files ``report.md`` links (those that exist)."""
     from pipelines.report import report_blocks
 

@@ -12,6 +12,7 @@ files this module needs (``SERVING_FILES``), so ``pyfunc.load_model(uri).predict
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 import shutil
@@ -92,10 +93,96 @@ def example_frame(x: np.ndarray, meta: dict[str, Any]) -> pd.DataFrame:
 def _load_pyfunc(data_path: str) -> Predictor:
     """MLflow's custom-flavor hook: a model logged with ``loader_module="pipelines.predict"`` loads through this.
 
-    ``data_path`` is the model's ONNX file (or a folder holding one .onnx file).
+    ``data_path`` is the model's ONNX file (or a folder holding one .onnx file), or a folder holding a trained
+    PyTorch model as :func:`save_torch_predictor` writes it.
     """
     path = Path(data_path)
+    if path.is_dir() and (torch_model := next(iter(sorted(path.rglob(TORCH_PROGRAM))), None)) is not None:
+        return TorchPredictor(torch_model.parent)
     return Predictor(next(iter(sorted(path.rglob("*.onnx")))) if path.is_dir() else path)
+
+
+# ---------------------------------------------------------------- the trained PyTorch model, served alike
+
+TORCH_PROGRAM = "model.pt2"  # torch.export's program of the net (no pickle), beside its metadata
+TORCH_META = "dlforge_meta.json"  # the same keys as an ONNX file's dlforge.* metadata
+
+
+class TorchPredictor(Predictor):
+    """The registered PyTorch model (a ``torch.export`` program) predicting as :class:`Predictor` does: the same
+    input rules, labels and probabilities (or values) — only the runtime differs. Needs torch; ORT is not used."""
+
+    def __init__(self, folder: str | Path) -> None:
+        import torch
+
+        folder = Path(folder)
+        self.meta = json.loads((folder / TORCH_META).read_text())
+        self.net = torch.export.load(str(folder / TORCH_PROGRAM)).module()
+
+    def predict_examples(self, ids: list[str], x: np.ndarray) -> pd.DataFrame:
+        import torch
+
+        with torch.no_grad():
+            outputs = self.net(torch.from_numpy(checked(x, self.meta))).numpy()
+        return prediction_frame(ids, outputs, self.meta)
+
+
+def save_torch_predictor(net: Any, example: Any, meta: dict[str, Any], folder: Path) -> TorchPredictor:
+    """``net`` (raw-scale in, logits or values out) as ``folder/model.pt2`` with a dynamic batch axis, and ``meta``
+    (``export.model_metadata``) beside it; returns it loaded back, as the pyfunc will load it.
+
+    Raises:
+        Exception: whatever ``torch.export`` raises for a net it cannot trace.
+    """
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    example = torch.cat([example, example]) if len(example) < 2 else example  # a batch of 1 would be fixed
+    program = torch.export.export(net.eval().cpu(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(folder / TORCH_PROGRAM))
+    (folder / TORCH_META).write_text(json.dumps({**meta, "dynamic_axes": ["batch"]}))
+    return TorchPredictor(folder)
+
+
+def log_trained_model(run_id: str, net: Any, example: Any, meta: dict[str, Any]) -> tuple[str, bool]:
+    """(model URI, whether its pyfunc returns predictions): a predictor (:func:`log_torch_predictor`) when the net
+    has a task and ``torch.export`` traces it; otherwise the net's raw outputs (``tracking.log_model``)."""
+    from pipelines import tracking
+
+    if meta.get("task"):
+        try:
+            return log_torch_predictor(run_id, net, example, meta), True
+        except Exception as exc:  # a user's net torch.export cannot trace: still registered, as raw outputs
+            print(f"the trained model is logged as raw outputs ({type(exc).__name__}: {first_line(exc)})", flush=True)
+    brief = {k: meta[k] for k in ("kind", "task", "input_shape", "num_outputs", "class_names") if k in meta}
+    return tracking.log_model(run_id, net, example, metadata={"data": brief}), False
+
+
+def log_torch_predictor(run_id: str, net: Any, example: Any, meta: dict[str, Any]) -> str:
+    """Log the trained net for ``mlflow.pyfunc`` through this module (labels and probabilities, or values, as
+    ``dlforge predict``), with the source files it needs; returns the model URI.
+
+    Raises:
+        Exception: ``torch.export`` cannot trace the net (the caller logs it as raw outputs instead).
+    """
+    import torch
+
+    from pipelines import tracking  # mlflow only on this branch: serving never logs
+
+    with tempfile.TemporaryDirectory(prefix="dlforge-serving-") as tmp:
+        predictor = save_torch_predictor(net, example, meta, Path(tmp) / "model")
+        frame = example_frame(example[:2].numpy(), meta)
+        return tracking.log_served_model(
+            run_id,
+            Path(tmp) / "model",
+            name="model",
+            loader_module="pipelines.predict",
+            code_paths=serving_code(Path(tmp) / "code"),
+            input_example=frame,
+            output_example=predictor.predict(frame),
+            requirements=[*SERVING_REQUIREMENTS, f"torch=={torch.__version__.split('+')[0]}"],
+            metadata={"dlforge_model": "trained", "family": meta.get("family"), "task": meta.get("task")},
+        )
 
 
 # The files the predictor imports or loads, relative to the project root: a registered model carries them.

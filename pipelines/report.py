@@ -1,20 +1,30 @@
-"""The pipeline's report: ``report.md`` (images beside it) and a self-contained ``report.html`` (images inlined)."""
+"""The pipeline's report: ``report.md`` (images beside it) and a self-contained ``report.html`` (images inlined).
+
+It reads the stages' typed results (:class:`pipelines.stage_results.StageResults`), nothing else.
+"""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines.compression.tables import AUTOTUNE_COLUMNS, COLUMNS, autotune_cells, table_cells, verdict
+from pipelines.compression.tables import AUTOTUNE_COLUMNS, COLUMNS, autotune_cells, result_summary, table_cells, verdict
 from pipelines.config import Config
 from pipelines.outputs import write_text_atomic
+
+if TYPE_CHECKING:
+    from pipelines.compression.results import CompressResult
+    from pipelines.stage_results import PromoteResult, StageResults
+    from pipelines.sweep import SweepResult
+    from pipelines.train_stage import TrainStageResult
 
 Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (header, rows)) | ("img", path)
 
 
-def write_reports(cfg: Config, stages: dict[str, Any], out: Path) -> tuple[Path, Path]:
+def write_reports(cfg: Config, stages: StageResults, out: Path) -> tuple[Path, Path]:
     """Both reports from the same blocks, written atomically into ``out``."""
     blocks = report_blocks(cfg, stages)
     md = write_text_atomic(out / "report.md", to_markdown(blocks, out))
@@ -22,61 +32,59 @@ def write_reports(cfg: Config, stages: dict[str, Any], out: Path) -> tuple[Path,
     return md, page
 
 
-def report_blocks(cfg: Config, stages: dict[str, Any]) -> list[Block]:
+def report_blocks(cfg: Config, stages: StageResults) -> list[Block]:
     blocks: list[Block] = [("h1", f"dlforge pipeline — {cfg.model.family} on {cfg.data.source}")]
-    if "sweep" in stages:
-        blocks += _sweep_blocks(stages["sweep"])
-    blocks += _train_blocks(stages["train"])
-    blocks += _compress_blocks(stages["compress"])
-    blocks += _registry_blocks(stages.get("promote"))
+    if stages.sweep is not None:
+        blocks += _sweep_blocks(stages.sweep)
+    blocks += _train_blocks(stages.train)
+    blocks += _compress_blocks(stages.compress)
+    blocks += _registry_blocks(stages.promote)
     return blocks
 
 
-def _sweep_blocks(sweep: dict[str, Any]) -> list[Block]:
-    keys = sorted({k for t in sweep["trials"] for k in t.get("params", {})})
-    header = ["trial", "status", "epochs", f"best {sweep['metric']}", *keys]
+def _sweep_blocks(sweep: SweepResult) -> list[Block]:
+    keys = sorted({k for t in sweep.trials for k in t.get("params", {})})
+    header = ["trial", "status", "epochs", f"best {sweep.metric}", *keys]
     rows = [
         [t["trial_id"], t["status"], t["epochs"], _num(t["best"]), *(_num(t["params"].get(k)) for k in keys)]
-        for t in sweep["trials"]
+        for t in sweep.trials
     ]
-    chosen = ", ".join(f"{k}={_num(v)}" for k, v in sweep["best_overrides"].items())
-    best = f"Best {sweep['metric']} = {_num(sweep['best_metric'])} with {chosen}."
+    chosen = ", ".join(f"{k}={_num(v)}" for k, v in sweep.best_overrides.items())
+    best = f"Best {sweep.metric} = {_num(sweep.best_metric)} with {chosen}."
     blocks: list[Block] = [("h2", "Sweep"), ("p", best), ("table", (header, rows))]
-    blocks += [("img", sweep["plot"])] if sweep.get("plot") else []
-    if importance := sweep.get("importance"):
+    blocks += [("img", sweep.plot)] if sweep.plot else []
+    if importance := sweep.importance:
         ranked = ", ".join(f"{k} {v:.0%}" for k, v in importance.items())
         blocks.append(("p", f"Hyperparameter importance (fANOVA over the trials): {ranked}."))
-    return blocks + [("img", path) for path in (sweep.get("insight_plots") or {}).values()]
+    return blocks + [("img", path) for path in sweep.insight_plots.values()]
 
 
-def _train_blocks(train: dict[str, Any]) -> list[Block]:
-    rows = [[name, _num(value)] for name, value in sorted(train["metrics"].items())]
+def _train_blocks(train: TrainStageResult) -> list[Block]:
+    rows = [[name, _num(value)] for name, value in sorted(train.result.metrics.items())]
     blocks: list[Block] = [("h2", "Final training"), ("table", (["metric", "value"], rows))]
-    if train.get("init_from"):  # model.init_from: where the starting weights came from (summary.json)
+    if train.result.extra.get("init_from"):  # model.init_from: where the starting weights came from
         from pipelines.finetune import summary_line
 
-        blocks.append(("p", f"Started from {summary_line(train)}."))
-    out = Path(train["config"]["output_dir"])
+        blocks.append(("p", f"Started from {summary_line(train.result.extra)}."))
+    out = Path(train.result.output_dir)
     images = sorted((out / "review").glob("*.png")) + sorted((out / "samples").glob("*.png"))[-1:]
     return blocks + [("img", str(p)) for p in images]
 
 
-def _compress_blocks(compress: dict[str, Any]) -> list[Block]:
-    rows = [table_cells(r) for r in compress["rows"]]
+def _compress_blocks(compress: CompressResult) -> list[Block]:
+    rows = [table_cells(dataclasses.asdict(r)) for r in compress.rows]
     gates = [
-        ["PASS" if g["passed"] else "FAIL", g["name"], g["detail"], ", ".join(g.get("guards") or ["every artifact"])]
-        for g in compress["gates"]
+        ["PASS" if g.passed else "FAIL", g.name, g.detail, ", ".join(g.guards or ["every artifact"])]
+        for g in compress.gates
     ]
     blocks: list[Block] = [("h2", "Compression (latency: one thread)"), ("table", (list(COLUMNS), rows))]
-    if student := _student_line(compress.get("student") or {}):
+    if student := _student_line(compress.student):
         blocks.append(("p", student))
-    for role, tuning in (compress.get("autotune") or {}).items():
+    for role, tuning in compress.autotune.items():
         blocks += [("h2", f"Quantization autotuner — {role}"), ("p", f"Shipped: {tuning['why']}.")]
         blocks.append(("table", (list(AUTOTUNE_COLUMNS), autotune_cells(tuning))))
     blocks += [("h2", "Gates"), ("table", (["result", "gate", "detail", "guards"], gates))]
-    if "champion" in compress:
-        blocks.append(("p", verdict(compress) + "."))
-    return blocks
+    return blocks + [("p", verdict(result_summary(compress)) + ".")]
 
 
 def _student_line(student: dict[str, Any]) -> str:
@@ -92,30 +100,29 @@ def _student_line(student: dict[str, Any]) -> str:
     return line + "."
 
 
-def _registry_blocks(promote: dict[str, Any] | None) -> list[Block]:
-    if not promote:
+def _registry_blocks(promote: PromoteResult | None) -> list[Block]:
+    if promote is None:
         return [("h2", "Registry"), ("p", "Tracking is off: nothing was registered.")]
-    champion = promote.get("champion")
-    artifact = f" ({promote['model']})" if promote.get("model") else ""
+    artifact = f" ({promote.model})" if promote.model else ""
     lead = (
-        f"Champion: {promote['name']} version {champion}{artifact}."
-        if champion
+        f"Champion: {promote.name} version {promote.champion}{artifact}."
+        if promote.champion
         else "No artifact has passed its own gates yet: no champion."
     )
     blocks: list[Block] = [("h2", "Registry"), ("p", lead), _versions_table(promote)]
-    trained = promote.get("trained")
-    if trained and trained.get("name") != promote["name"]:
-        best = trained.get("champion")
-        text = f"Trained PyTorch model {trained['name']}" + (f": champion version {best}." if best else ".")
+    trained = promote.trained
+    if trained and trained.name != promote.name:
+        best = trained.champion
+        text = f"Trained PyTorch model {trained.name}" + (f": champion version {best}." if best else ".")
         blocks += [("p", text), _versions_table(trained)]
     return blocks
 
 
-def _versions_table(listing: dict[str, Any]) -> Block:
+def _versions_table(listing: PromoteResult) -> Block:
     header = ["version", "artifact", "aliases", "gates", "metric", "run"]
     rows = [
         [v["version"], v.get("model") or "—", ", ".join(v["aliases"]), v["gates"], _num(v["metric"]), v["run_id"]]
-        for v in listing["versions"]
+        for v in listing.versions
     ]
     return ("table", (header, rows))
 

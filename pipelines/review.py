@@ -18,18 +18,21 @@ if TYPE_CHECKING:
 History = Mapping[str, Sequence[tuple[int, float]]]  # metric name → sorted (step, value)
 
 
-def review_files(cfg: Config, module: Any, result: TrainResult, folder: Path, history: History) -> list[Path]:
+def review_files(
+    cfg: Config, module: Any, result: TrainResult, folder: Path, history: History, *, splits: Any = None
+) -> list[Path]:
     """The review plots of a fit, written into ``folder``: learning curves, then the test-split evaluation.
 
     Args:
         module: the best checkpoint's LightningModule (``load_module``), or None: learning curves only.
         history: the run's ``train/*`` and ``val/*`` metric history; empty: no learning curves.
+        splits: the data the fit used (``Splits``); None: loaded again from the config.
 
     Raises whatever plotting or inference raises: the caller decides that a failed plot does not fail the job.
     """
     files = [p for p in [learning_curve(history, folder)] if p]
     if module is not None and not _generative(cfg.model.family):
-        files += evaluation_files(cfg, module, result, folder)
+        files += evaluation_files(cfg, module, result, folder, splits=splits)
     return files
 
 
@@ -54,8 +57,11 @@ def learning_curve(history: History, folder: Path) -> Path | None:
     return plot_learning_curves(dict(history), folder / "learning_curves.png") if history else None
 
 
-def evaluation_files(cfg: Config, module: Any, result: TrainResult, folder: Path) -> list[Path]:
-    """Predictions of the best checkpoint on the test split → confusion matrix + report, or residual plot."""
+def evaluation_files(cfg: Config, module: Any, result: TrainResult, folder: Path, *, splits: Any = None) -> list[Path]:
+    """Predictions of the best checkpoint on the test split → confusion matrix + report, or residual plot.
+
+    ``splits``: the data the fit used, when the caller holds it (the test split is then not loaded again).
+    """
     import numpy as np
     import torch
 
@@ -66,7 +72,7 @@ def evaluation_files(cfg: Config, module: Any, result: TrainResult, folder: Path
     if is_class_spec(cfg.data.source):  # a user's DataModule: its test data may not fit in memory, so not gathered
         print(f"review: {cfg.data.source} streams its data; the test-split plots are skipped", flush=True)
         return []
-    x, y = load_data(cfg).test
+    x, y = (splits if splits is not None else load_data(cfg)).test
     net, _ = module.export_net()
     net.eval()
     with torch.no_grad():

@@ -1,8 +1,9 @@
 """``dlforge run``: sweep → train (DDP) → test → register → distill → export → quantize → gates → champion → report.
 
 One MLflow parent run holds a child run per stage. Each stage runs at most once per set of inputs (see
-:mod:`pipelines.ledger`) and hands its result to the next by value: paths, metrics, run ids — nothing looks up
-"the latest". The config is replaced once, after the sweep, with the best overrides.
+:mod:`pipelines.ledger`) and hands its typed result (:mod:`pipelines.stage_results`) to the next by value: paths,
+metrics, run ids — nothing looks up "the latest". The config is replaced once, after the sweep, with the best
+overrides.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dl_lightning.errors import InputError
 from pipelines import tracking
@@ -22,6 +24,12 @@ from pipelines.config import Config, TuneConfig, dump_yaml
 from pipelines.ledger import StageLedger, stage_key
 from pipelines.outputs import write_text_atomic
 from pipelines.processes import run_child
+from pipelines.stage_results import PromoteResult, StageResults
+
+if TYPE_CHECKING:  # the stages' modules import torch: looked up when a stage runs
+    from pipelines.compression.results import CompressResult
+    from pipelines.sweep import SweepResult
+    from pipelines.train_stage import TrainStageResult
 
 CHAMPION = "champion"
 QUICK = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"
@@ -35,14 +43,20 @@ class StageFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class PipelineResult:
+    """One job: every stage's typed result, the stages skipped as done before, the reports and stage timings."""
+
     output_dir: str
     run_id: str | None
-    stages: dict[str, dict[str, Any]]
+    stages: StageResults
     skipped: list[str]
-    champion: dict[str, Any] | None
     report_md: str
     report_html: str
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def champion(self) -> PromoteResult | None:
+        """The promotion (None with tracking off)."""
+        return self.stages.promote
 
 
 def run_pipeline(cfg: Config, *, force: bool = False) -> PipelineResult:
@@ -55,45 +69,52 @@ def run_pipeline(cfg: Config, *, force: bool = False) -> PipelineResult:
         ledger.save()
         stages = _run_stages(cfg, ledger, parent, out, timings)
         report_md, report_html = _report(cfg, stages, out, parent)
-    return PipelineResult(
-        str(out), parent, stages, ledger.skipped, stages.get("promote"), str(report_md), str(report_html), timings
-    )
+    return PipelineResult(str(out), parent, stages, ledger.skipped, str(report_md), str(report_html), timings)
 
 
-def _run_stages(cfg: Config, ledger: StageLedger, parent: str | None, out: Path, timings: dict) -> dict[str, Any]:
-    def timed(name: str, key: str, work) -> dict[str, Any]:
+def _run_stages(cfg: Config, ledger: StageLedger, parent: str | None, out: Path, timings: dict) -> StageResults:
+    from pipelines.train_stage import TrainStageResult
+
+    def timed(name: str, key: str, work, kind: type) -> Any:
         started = time.perf_counter()
-        result = ledger.once(name, key, work)
+        result = ledger.once(name, key, work, kind)
         timings[name] = round(time.perf_counter() - started, 2)
         _say(f"stage {name}: {'skipped (done before)' if name in ledger.skipped else 'done'} ({timings[name]}s)")
         return result
 
-    stages: dict[str, Any] = {}
+    sweep = None
     if cfg.tune.enabled:
+        from pipelines.sweep import SweepResult
+
         sweep_key = stage_key(cfg.to_dict())
         resume_sweep = ledger.started_with("sweep", sweep_key)
-        stages["sweep"] = timed(
-            "sweep", sweep_key, lambda: sweep_stage(cfg, out / "sweep", parent, key=sweep_key, resume=resume_sweep)
-        )
-    best = cfg.with_overrides(stages["sweep"]["best_overrides"]) if "sweep" in stages else cfg
+        work = lambda: sweep_stage(cfg, out / "sweep", parent, key=sweep_key, resume=resume_sweep)  # noqa: E731
+        sweep = timed("sweep", sweep_key, work, SweepResult)
+    best = cfg.with_overrides(sweep.best_overrides) if sweep is not None else cfg
     train_key = stage_key(best.to_dict())
     resume = ledger.started_with("train", train_key)
-    stages["train"] = timed("train", train_key, lambda: train_stage(best, out / "train", parent, resume=resume))
-    compress_key = stage_key(best.to_dict(), stages["train"])
-    stages["compress"] = timed(
-        "compress",
-        compress_key,
-        lambda: compress_stage(best, stages["train"], out / "compress", parent, stages.get("sweep")),
-    )
-    promote_key = stage_key(stages["train"], stages["compress"])
-    stages["promote"] = timed("promote", promote_key, lambda: promote_stage(best, stages["train"], stages["compress"]))
-    return stages
+    train = timed("train", train_key, lambda: train_stage(best, out / "train", parent, resume=resume), TrainStageResult)
+    compress = _compress_once(best, train, sweep, out, parent, timed)
+    promote_key = stage_key(train, compress)
+    promote = timed("promote", promote_key, lambda: promote_stage(best, train, compress), PromoteResult)
+    return StageResults(train=train, compress=compress, sweep=sweep, promote=promote)
+
+
+def _compress_once(
+    best: Config, train: TrainStageResult, sweep: SweepResult | None, out: Path, parent: str | None, timed: Callable
+) -> CompressResult:
+    """The compress stage through ``timed`` (the ledger), keyed by the config and the trained model."""
+    from pipelines.compression.results import CompressResult
+
+    key = stage_key(best.to_dict(), train)
+    work = lambda: compress_stage(best, train, out / "compress", parent, sweep)  # noqa: E731
+    return timed("compress", key, work, CompressResult)
 
 
 # ---------------------------------------------------------------- stages
 
 
-def sweep_stage(cfg: Config, out: Path, parent: str | None, *, key: str, resume: bool) -> dict[str, Any]:
+def sweep_stage(cfg: Config, out: Path, parent: str | None, *, key: str, resume: bool) -> SweepResult:
     """The sweep in ``<out>/tune/sweep-<key>``: named by its inputs, so an interrupted pipeline finds it again.
 
     ``resume``: this stage was interrupted with the same config; its finished trials are kept and unfinished ones
@@ -114,10 +135,10 @@ def sweep_stage(cfg: Config, out: Path, parent: str | None, *, key: str, resume:
     print(format_table(result), flush=True)
     if result.best_trial is None:
         raise StageFailed("the sweep finished no trial; see the trials table above")
-    return _plain(dataclasses.asdict(result)) | {"stopped_early": result.stopped_early, "errored": result.errored}
+    return result
 
 
-def train_stage(cfg: Config, out: Path, parent: str | None, *, resume: bool) -> dict[str, Any]:
+def train_stage(cfg: Config, out: Path, parent: str | None, *, resume: bool) -> TrainStageResult:
     """The final fit in a child process: under DDP Lightning re-launches *that* command per rank, not the pipeline.
 
     ``resume``: this stage was interrupted with the same config, so its last checkpoint is continued.
@@ -129,25 +150,27 @@ def train_stage(cfg: Config, out: Path, parent: str | None, *, resume: bool) -> 
     command += ["--resume", "auto"] if resume else []
     if run_child(command) != 0:  # the child dies with this process; SIGTERM here is forwarded to it and waited for
         raise StageFailed(f"training failed; its output is above and in {out}")
-    return _read_json(out / "summary.json")
+    from pipelines.train_stage import TrainStageResult
+
+    return TrainStageResult.from_summary(_read_json(out / "summary.json"))  # the child's outcome, read here only
 
 
 def compress_stage(
-    cfg: Config, trained: dict[str, Any], out: Path, parent: str | None, sweep: dict[str, Any] | None = None
-) -> dict[str, Any]:
+    cfg: Config, trained: TrainStageResult, out: Path, parent: str | None, sweep: SweepResult | None = None
+) -> CompressResult:
     from pipelines.compression.stage import compress
     from pipelines.compression.tables import print_report
     from pipelines.compression.teacher import ensemble_members
 
-    teacher = trained["paths"]["best_checkpoint"] or trained["paths"]["last_checkpoint"]
+    teacher = trained.result.best_checkpoint or trained.result.last_checkpoint
     ensemble = cfg.compress.teacher == "ensemble" and sweep is not None
-    members = ensemble_members(sweep, cfg.compress.ensemble_k) if ensemble else []  # type: ignore[arg-type]
+    members = ensemble_members(sweep.to_dict(), cfg.compress.ensemble_k) if ensemble else []  # type: ignore[union-attr]
     result = compress(cfg.with_overrides({"output_dir": str(out)}), teacher, parent_run_id=parent, members=members)
     print_report(result)
-    return _plain(dataclasses.asdict(result)) | {"passed": result.passed, "shipped": result.shipped}
+    return result
 
 
-def promote_stage(cfg: Config, trained: dict[str, Any], compressed: dict[str, Any]) -> dict[str, Any] | None:
+def promote_stage(cfg: Config, trained: TrainStageResult, compressed: CompressResult) -> PromoteResult | None:
     """Move ``champion`` to the shipped artifact; record the teacher's own gates on the trained PyTorch version.
 
     The ONNX model's ``champion`` goes to the best registered version (test metric) of the artifact the compress
@@ -155,43 +178,44 @@ def promote_stage(cfg: Config, trained: dict[str, Any], compressed: dict[str, An
     student never blocks a passing teacher INT8. The trained PyTorch version carries the teacher's gates (its
     export's parity), and its model's ``champion`` moves to its best passing version. ``None`` with tracking off.
     """
-    version = (trained.get("tracking") or {}).get("model_version")
+    version = trained.logged.model_version
     if version is None:
         return None
     name = tracking.registered_model_name(cfg)
     teacher_ok = _teacher_passed(compressed)
     tracking.tag_model_version(name, version, {"dlforge.gates": "passed" if teacher_ok else "failed"})
-    pytorch = tracking.promote_best(name, CHAMPION, metric=_test_metric(trained), mode=_mode(trained))
-    registered, chosen = compressed.get("registered") or {}, compressed.get("champion")
+    pytorch = PromoteResult.from_listing(
+        tracking.promote_best(name, CHAMPION, metric=_test_metric(trained), mode=_mode(trained))
+    )
+    registered, chosen = compressed.registered or {}, compressed.champion
     if not registered or chosen is None:
-        return {**pytorch, "champion": None, "model": None, "trained": pytorch}
-    metric = compressed.get("metric")
+        return dataclasses.replace(pytorch, champion=None, trained=pytorch)
     onnx = tracking.promote_best(
-        registered["name"], CHAMPION, metric=metric, mode=_mode(trained), where={"dlforge.model": chosen}
+        registered["name"], CHAMPION, metric=compressed.metric, mode=_mode(trained), where={"dlforge.model": chosen}
     )
     uri = f"models:/{onnx['name']}@{CHAMPION}" if onnx["champion"] else None
-    return {**onnx, "model": chosen if onnx["champion"] else None, "uri": uri, "trained": pytorch}
+    return PromoteResult.from_listing(onnx, model=chosen if onnx["champion"] else None, uri=uri, trained=pytorch)
 
 
-def _teacher_passed(compressed: dict[str, Any]) -> bool:
+def _teacher_passed(compressed: CompressResult) -> bool:
     """Whether every gate guarding the teacher's (or generator's) fp32 file passed."""
     roles = {"teacher", "generator"}
-    return all(g["passed"] for g in compressed["gates"] if not g.get("guards") or roles & set(g["guards"]))
+    return all(g.passed for g in compressed.gates if not g.guards or roles & set(g.guards))
 
 
-def _test_metric(trained: dict[str, Any]) -> str:
-    metrics = trained["metrics"]
+def _test_metric(trained: TrainStageResult) -> str:
+    metrics = trained.result.metrics
     return next((m for m in ("test/acc", "test/mse", "test/g_loss") if m in metrics), sorted(metrics)[0])
 
 
-def _mode(trained: dict[str, Any]) -> str:
+def _mode(trained: TrainStageResult) -> str:
     return "max" if _test_metric(trained).endswith("acc") else "min"
 
 
 # ---------------------------------------------------------------- report
 
 
-def _report(cfg: Config, stages: dict[str, Any], out: Path, parent: str | None) -> tuple[Path, Path]:
+def _report(cfg: Config, stages: StageResults, out: Path, parent: str | None) -> tuple[Path, Path]:
     from pipelines import front_page
     from pipelines.report import write_reports
 
@@ -215,11 +239,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _plain(value: Any) -> Any:
-    """JSON-able copy (paths → str) for the ledger."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def _say(line: str) -> None:
     print(f"dlforge: {line}", flush=True)
 
@@ -236,38 +255,40 @@ def quick_overrides() -> dict[str, Any]:
 # ---------------------------------------------------------------- what the command reports
 
 
-def sweep_paths(sweep: dict[str, Any]) -> dict[str, str]:
+def sweep_paths(sweep: SweepResult | None) -> dict[str, str]:
     """The files a sweep writes that a user opens: best config, results CSV, plot, and its Ray experiment."""
+    if sweep is None:
+        return {}
     keys = ("best_config", "results_csv", "plot", "experiment_path")
-    plots = {f"sweep_{name}_plot": path for name, path in (sweep.get("insight_plots") or {}).items()}
-    return {key: sweep[key] for key in keys if sweep.get(key)} | plots
+    plots = {f"sweep_{name}_plot": path for name, path in sweep.insight_plots.items()}
+    return {key: getattr(sweep, key) for key in keys if getattr(sweep, key)} | plots
 
 
-def compress_paths(compressed: dict[str, Any]) -> dict[str, str]:
+def compress_paths(compressed: CompressResult) -> dict[str, str]:
     """The compress stage's reports, ONNX files (``onnx_<artifact>``) and student checkpoints."""
-    paths = {"compress_report_md": compressed["report_md"], "compress_report_json": compressed["report_json"]}
-    paths |= {f"onnx_{key.replace('-', '_')}": path for key, path in compressed["files"].items()}
+    paths = {"compress_report_md": compressed.report_md, "compress_report_json": compressed.report_json}
+    paths |= {f"onnx_{key.replace('-', '_')}": str(path) for key, path in compressed.files.items()}
     checkpoints = _read_report(compressed).get("checkpoints", {})
-    cards = sorted((Path(compressed["output_dir"]) / "model_cards").glob("*/model_card.md"))
+    cards = sorted((Path(compressed.output_dir) / "model_cards").glob("*/model_card.md"))
     paths |= {f"model_card_{card.parent.name.replace('-', '_')}": str(card) for card in cards}
     return paths | {key: path for key, path in checkpoints.items() if path}
 
 
-def _read_report(compressed: dict[str, Any]) -> dict[str, Any]:
-    path = Path(compressed["report_json"])
+def _read_report(compressed: CompressResult) -> dict[str, Any]:
+    path = Path(compressed.report_json)
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def pipeline_paths(result: PipelineResult) -> dict[str, Any]:
     """Every file of the run a user opens or hands on, by name (``plots`` is a list); absent ones left out."""
-    stages = result.stages
-    train = stages["train"]
+    stages, trained = result.stages, result.stages.train.result
     paths: dict[str, Any] = {"report_md": result.report_md, "report_html": result.report_html}
-    paths |= {f"sweep_{k}": v for k, v in sweep_paths(stages.get("sweep") or {}).items()}
-    paths |= {k: v for k, v in train["paths"].items() if v}
-    out = Path(train["config"]["output_dir"])
+    paths |= {f"sweep_{k}": v for k, v in sweep_paths(stages.sweep).items()}
+    checkpoints = {"best_checkpoint": trained.best_checkpoint, "last_checkpoint": trained.last_checkpoint}
+    paths |= {k: v for k, v in checkpoints.items() if v}
+    out = Path(trained.output_dir)
     paths["train_config"] = str(out / "config.yaml")
-    paths |= compress_paths(stages["compress"])
+    paths |= compress_paths(stages.compress)
     return paths | review_paths(out)
 
 
@@ -284,19 +305,19 @@ def review_paths(out: Path) -> dict[str, Any]:
 
 def registered_models(result: PipelineResult) -> list[dict[str, Any]]:
     """The versions this run registered, as ``models:/NAME/VERSION`` with their aliases after the promotion."""
-    promote = result.champion or {}
+    promote = result.stages.promote
     found: list[dict[str, Any]] = []
-    trained = result.stages["train"].get("tracking") or {}
-    if trained.get("model_version"):
-        found.append(_model_entry(promote.get("trained") or {}, trained["model_version"], "pytorch"))
-    for key, version in ((result.stages["compress"].get("registered") or {}).get("versions") or {}).items():
-        found.append(_model_entry(promote, version, key))
+    version = result.stages.train.logged.model_version
+    if version:
+        found.append(_model_entry(promote.trained if promote else None, version, "pytorch"))
+    for key, onnx_version in ((result.stages.compress.registered or {}).get("versions") or {}).items():
+        found.append(_model_entry(promote, onnx_version, key))
     return found
 
 
-def _model_entry(listing: dict[str, Any], version: str, artifact: str) -> dict[str, Any]:
-    rows = {row["version"]: row for row in listing.get("versions", [])}
-    name = listing.get("name", "")
+def _model_entry(listing: PromoteResult | None, version: str, artifact: str) -> dict[str, Any]:
+    rows = {row["version"]: row for row in (listing.versions if listing else [])}
+    name = listing.name if listing else ""
     aliases = rows.get(str(version), {}).get("aliases", [])
     return {"uri": f"models:/{name}/{version}", "artifact": artifact, "aliases": aliases}
 
@@ -304,8 +325,8 @@ def _model_entry(listing: dict[str, Any], version: str, artifact: str) -> dict[s
 def champion_of(result: PipelineResult, tracked: bool) -> str | None:
     """The shipped artifact: promoted in the registry (tracking on), else the compress stage's choice."""
     if tracked:
-        return (result.champion or {}).get("model")
-    return result.stages["compress"].get("champion")
+        return result.champion.model if result.champion else None
+    return result.stages.compress.champion
 
 
 def exit_code(has_champion: bool, failed: list[dict[str, Any]], *, strict: bool) -> int:
@@ -326,6 +347,10 @@ def check_pipeline(cfg: Config) -> None:
         raise InputError(
             "compress.teacher=ensemble distils from the best sweep trials, but the sweep is off; "
             "drop --no-sweep / set tune.enabled=true, or set compress.teacher=single"
+        )
+    if cfg.compress.register.startswith("ensemble") and cfg.compress.teacher != "ensemble":
+        raise InputError(
+            f"compress.register={cfg.compress.register} needs compress.teacher=ensemble; set compress.teacher=ensemble"
         )
     if cfg.trainer.num_nodes > 1:
         raise InputError(

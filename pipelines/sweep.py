@@ -81,6 +81,15 @@ class SweepResult:
     def errored(self) -> list[str]:
         return [t["trial_id"] for t in self.trials if t["status"] == "error"]
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, plus ``stopped_early`` and ``errored`` (trial ids), as JSON-able values."""
+        return dataclasses.asdict(self) | {"stopped_early": self.stopped_early, "errored": self.errored}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepResult:
+        """The result :meth:`to_dict` wrote (the trial-id lists are recomputed, not read)."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
 
 # ---------------------------------------------------------------- checks before Ray
 
@@ -624,5 +633,6 @@ def _load_state(resume: str) -> dict[str, Any]:
         raise InputError(
             f"{resume} is not a dlforge sweep folder (no {SWEEP_STATE_FILE}); pass the experiment_path of a sweep"
         )
-    verify_experiment(resume)  # the folder may be on shared storage: its pickles are code
+    for name in verify_experiment(resume):  # the folder may be on shared storage: its pickles are code
+        print(f"dlforge: set aside {name}, saved by Ray after dlforge's last record; continuing from the save before")
     return json.loads(path.read_text())

@@ -56,6 +56,7 @@ def param_importance(trials: list[dict[str, Any]], space: Mapping[str, Dimension
     if len(finished) < MIN_TRIALS or not varied:
         return {}
     dists = {k: _distribution(space[k]) for k in varied}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory": nothing to act on
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for t in finished:
         params = {k: _hashable(t["params"][k]) for k in varied}

@@ -7,6 +7,7 @@ weights' lineage. ``dlforge run`` reaches it through the CLI in a child process,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTPUTS_TAG = "dlforge.train_outputs"  # what log_train_result logged, and after how many epochs
+HISTORY_PREFIXES, HISTORY_SKIP = ("train/", "val/"), ("train/lr",)  # the learning curves' metrics
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,43 @@ class TrainStageResult:
 
     result: TrainResult
     logged: LoggedOutputs
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> TrainStageResult:
+        """The fit as ``dlforge train``'s ``summary.json`` (or :meth:`to_dict`) records it: the one reader of it.
+
+        Holds what the summary keeps: the data's brief (not the vocabulary), and 0 epochs where it has none.
+        """
+        from pipelines.train import TrainResult  # the fit's own record; importing this stage needs no torch
+
+        paths, tracked = summary.get("paths") or {}, summary.get("tracking") or {}
+        result = TrainResult(
+            output_dir=summary["config"]["output_dir"],
+            best_checkpoint=paths.get("best_checkpoint"),
+            last_checkpoint=paths.get("last_checkpoint"),
+            metrics=summary["metrics"],
+            data=summary.get("data") or {},
+            run_id=summary.get("mlflow_run_id"),
+            epochs=summary.get("epochs", 0),
+            extra={"init_from": summary["init_from"]} if summary.get("init_from") else {},
+        )
+        return cls(result, LoggedOutputs(tracked.get("model_uri"), tracked.get("model_version")))
+
+    from_dict = from_summary  # to_dict writes the summary's shape
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary's keys that :meth:`from_summary` reads, as JSON values."""
+        r, logged = self.result, self.logged
+        return {
+            "metrics": r.metrics,
+            "paths": {"best_checkpoint": r.best_checkpoint, "last_checkpoint": r.last_checkpoint},
+            "mlflow_run_id": r.run_id,
+            "tracking": {"model_uri": logged.model_uri, "model_version": logged.model_version},
+            "data": r.data,
+            "init_from": r.extra.get("init_from"),
+            "config": {"output_dir": r.output_dir},
+            "epochs": r.epochs,
+        }
 
 
 def train_stage(
@@ -61,23 +100,38 @@ def train_stage(
         guards.check_checkpoint(resume)  # weights_only: a hostile pickle is refused before anything loads it
         check_resume_fits(cfg, splits, resume)  # another architecture or data: one line, not a size-mismatch trace
     continued = tracking.run_id_from_checkpoint(resume) if cfg.tracking.enabled else None
-    run = tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=parent_run_id)
-    with guards.sigterm_exits(), run as run_id:
+    # The run opens on a thread while the fit starts: importing mlflow and opening its store take seconds.
+    run = tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=parent_run_id, background=True)
+    with guards.sigterm_exits(), run as opening:
+        callbacks = tracking.lightning_callbacks(cfg, opening)
+        result = train(cfg, resume=resume, callbacks=callbacks, splits=splits)
+        run_id = opening.run_id() if opening is not None else None  # raises when the run could not be opened
+        result = dataclasses.replace(result, run_id=run_id)
         _log_dataset(run_id, cfg, splits)
-        callbacks = tracking.lightning_callbacks(cfg, run_id)
-        result = train(cfg, resume=resume, callbacks=callbacks, run_id=run_id, splits=splits)
-        logged = log_train_result(run_id, cfg, result)
+        history = tracking.fit_history(callbacks, HISTORY_PREFIXES, HISTORY_SKIP)
+        logged = log_train_result(run_id, cfg, result, splits=splits, history=history)
         if result.is_global_zero:
             finetune.log_lineage(cfg, run_id, result.extra, logged.model_version)  # where the weights came from
     return TrainStageResult(result, logged)
 
 
-def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> LoggedOutputs:
+def log_train_result(
+    run_id: str | None,
+    cfg: Config,
+    result: TrainResult,
+    *,
+    splits: Splits | None = None,
+    history: review.History | None = None,
+) -> LoggedOutputs:
     """On rank 0 after a fit: test metrics, review plots, GAN samples, the best checkpoint, the model, registry.
 
     A review plot that fails is a warning and a ``dlforge.review_error`` tag, not a failed job: the model was
     trained. Failing to log the model or register it raises — later stages depend on them. Once per run and
     epoch count: a resumed job whose fit was already done (tag ``dlforge.train_outputs``) gets the earlier outputs.
+
+    Args:
+        splits: the data the fit used (else it is loaded again for the test-split plots and the model card).
+        history: the fit's ``train/*`` and ``val/*`` history (``tracking.fit_history``); None: read from the run.
     """
     if run_id is None or not result.is_global_zero:
         return LoggedOutputs()
@@ -90,7 +144,7 @@ def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> Lo
     module = review.load_module(checkpoint, cfg.model.family) if checkpoint else None
     folder = Path(cfg.output_dir).absolute() / "review"  # kept beside the checkpoints: reports embed them
     folder.mkdir(parents=True, exist_ok=True)
-    files = _review_files(run_id, cfg, module, result, folder)
+    files = _review_files(run_id, cfg, module, result, folder, splits, history)
     for path in files:
         tracking.log_artifact(run_id, path, "review")
     tracking.log_artifacts(run_id, Path(cfg.output_dir) / "samples", "samples")
@@ -98,10 +152,12 @@ def log_train_result(run_id: str | None, cfg: Config, result: TrainResult) -> Lo
         tracking.log_artifact(run_id, checkpoint, "checkpoints")
     if module is None:
         return LoggedOutputs(artifacts=tuple(p.name for p in files))
-    return _log_model(run_id, cfg, result, module, tuple(p.name for p in files))
+    return _log_model(run_id, cfg, result, module, tuple(p.name for p in files), splits)
 
 
-def _log_model(run_id: str, cfg: Config, result: TrainResult, module: Any, artifacts: tuple[str, ...]) -> LoggedOutputs:
+def _log_model(
+    run_id: str, cfg: Config, result: TrainResult, module: Any, artifacts: tuple[str, ...], splits: Splits | None
+) -> LoggedOutputs:
     """With ``tracking.register``, the MLflow model and its registry version; recorded on the run as logged.
 
     Without it the run keeps the best checkpoint only (the model is exported when it is registered: the pt2 export
@@ -109,10 +165,14 @@ def _log_model(run_id: str, cfg: Config, result: TrainResult, module: Any, artif
     """
     model_uri = version = None
     if cfg.tracking.register:
+        from pipelines import export, predict  # onnx and pandas only on this branch
+
         net, example = module.export_net()
-        model_uri = tracking.log_model(run_id, net, example, metadata={"data": result.data_brief()})
+        meta = export.model_metadata(result.data, family=cfg.model.family, role="trained", source_run_id=run_id)
+        model_uri, serves = predict.log_trained_model(run_id, net, example, meta)  # pyfunc: as dlforge predict
         name = tracking.registered_model_name(cfg)
-        text = _version_description(run_id, cfg, result, name) + _model_card(run_id, cfg, result, module)
+        text = _version_description(run_id, cfg, result, name, serves)
+        text += _model_card(run_id, cfg, result, module, splits)
         version = tracking.register_model(
             model_uri, name=name, run_id=run_id, tags=_version_tags(result), description=text
         )
@@ -121,7 +181,7 @@ def _log_model(run_id: str, cfg: Config, result: TrainResult, module: Any, artif
     return LoggedOutputs(model_uri, version, artifacts)
 
 
-def _model_card(run_id: str, cfg: Config, result: TrainResult, module: Any) -> str:
+def _model_card(run_id: str, cfg: Config, result: TrainResult, module: Any, splits: Splits | None) -> str:
     """``model_card.md`` logged to the run; returned (after a rule) for the version's description. A card that
     cannot be made is a warning and an empty string: the model was trained and is registered without it."""
     from pipelines.model_card import train_card
@@ -129,7 +189,7 @@ def _model_card(run_id: str, cfg: Config, result: TrainResult, module: Any) -> s
 
     try:
         lineage = {"training run": run_id, "init_from": cfg.model.init_from}
-        card = train_card(cfg, result, module, load_data(cfg), lineage)
+        card = train_card(cfg, result, module, splits if splits is not None else load_data(cfg), lineage)
         path = Path(cfg.output_dir).absolute() / "model_card.md"
         path.write_text(card)
         tracking.log_artifact(run_id, path)
@@ -154,10 +214,19 @@ def _logged_before(run_id: str, epochs: int) -> LoggedOutputs | None:
     return LoggedOutputs(done.get("model_uri"), done.get("model_version"), tuple(done.get("artifacts") or ()))
 
 
-def _review_files(run_id: str, cfg: Config, module: Any, result: TrainResult, folder: Path) -> list[Path]:
+def _review_files(
+    run_id: str,
+    cfg: Config,
+    module: Any,
+    result: TrainResult,
+    folder: Path,
+    splits: Splits | None,
+    history: review.History | None,
+) -> list[Path]:
     try:
-        history = tracking.metric_history(run_id, ("train/", "val/"), skip=("train/lr",))
-        return review.review_files(cfg, module, result, folder, history)
+        if history is None:  # a resumed fit: the earlier epochs' curves are in the run only
+            history = tracking.metric_history(run_id, HISTORY_PREFIXES, skip=HISTORY_SKIP)
+        return review.review_files(cfg, module, result, folder, history, splits=splits)
     except Exception as exc:  # the model was trained: a plot must not fail the job
         log.warning("review plots failed: %s: %s", type(exc).__name__, exc)
         tracking.set_tags_safely(run_id, {"dlforge.review_error": clip(f"{type(exc).__name__}: {exc}", 2000)})
@@ -188,17 +257,26 @@ def _data_tags(data: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items() if v}
 
 
-def _version_description(run_id: str, cfg: Config, result: TrainResult, name: str) -> str:
-    """Markdown for the registered PyTorch version: what it is, its test metrics, where it came from."""
+def _version_description(run_id: str, cfg: Config, result: TrainResult, name: str, serves: bool = False) -> str:
+    """Markdown for the registered PyTorch version: what it is, its test metrics, what its pyfunc returns
+    (``serves``: labels and probabilities or values, as ``dlforge predict``), where it came from."""
     tests = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith("test/")) or "none"
     link = tracking.run_page(run_id)
     source = f"[its training run]({link})" if link else "its training run"
     return (
         f"**{cfg.model.family}**: the trained PyTorch model (fp32, `torch.export` pt2) of {source}, "
-        f"{result.epochs} epochs on `{cfg.data.source}`.\n\nTest: {tests}. Its `mlflow.pyfunc` returns the raw "
-        f"outputs (logits); `models:/{name}-onnx@champion` serves labels and probabilities as `dlforge predict` "
-        "does. `dlforge run` records the teacher's gates on it (tag `dlforge.gates`)."
+        f"{result.epochs} epochs on `{cfg.data.source}`.\n\nTest: {tests}. {_serves_text(name, serves)} "
+        "`dlforge run` records the teacher's gates on it (tag `dlforge.gates`)."
     )
+
+
+def _serves_text(name: str, serves: bool) -> str:
+    if serves:
+        return (
+            f'`mlflow.pyfunc.load_model("models:/{name}/<version>").predict(df)` returns labels and class '
+            "probabilities (values for regression), as `dlforge predict` does for its ONNX file; it needs torch."
+        )
+    return f"Its `mlflow.pyfunc` returns the raw outputs; `models:/{name}-onnx@champion` serves predictions."
 
 
 def _version_tags(result: TrainResult) -> dict[str, str]:

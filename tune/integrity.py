@@ -73,10 +73,15 @@ def _add(known: dict[str, list[str]], root: Path) -> None:
         known[name] = [*versions, digest][-KEPT_VERSIONS:]
 
 
-def verify_experiment(folder: str | Path) -> None:
+def verify_experiment(folder: str | Path) -> list[str]:
     """Raise InputError unless every guarded file in ``folder`` is one this user's dlforge recorded.
 
-    Nothing in ``folder`` is unpickled here; call this before ``Tuner.restore`` and before reading its config.
+    One exception, set aside rather than refused: an ``experiment_state-*.json`` under a name never recorded, while
+    a recorded one remains. Ray copies each state save into the folder in the background; a driver killed between
+    that copy and the next record leaves the newest save unrecorded. Renamed to ``*.unverified`` (never read, never
+    unpickled), Ray restores from the previous, recorded save and loses at most the steps since. Returns the names
+    set aside. Nothing in ``folder`` is unpickled here; call this before ``Tuner.restore`` and before reading its
+    config.
     """
     folder = Path(folder).absolute()
     fix = "start a new sweep (dlforge tune), or resume from a folder your own dlforge sweep wrote"
@@ -85,10 +90,22 @@ def verify_experiment(folder: str | Path) -> None:
     known = _read_record(folder, signing_key())
     if known is None:
         raise InputError(f"{folder}/{DIGEST_FILE} is not signed by your dlforge key; refusing to resume — {fix}")
+    late = _late_state_saves(folder, known)
+    for path in late:
+        path.rename(path.with_name(f"{path.name}.unverified"))
     for path in guarded_files(folder):
         name = path.relative_to(folder).as_posix()
         if _sha256(path) not in known.get(name, []):
             raise InputError(f"{name} in {folder} was changed or added after dlforge wrote it; refusing it — {fix}")
+    return [path.name for path in late]
+
+
+def _late_state_saves(folder: Path, known: dict[str, list[str]]) -> list[Path]:
+    """Ray state saves under names the record never held, when a recorded save is also there to restore from."""
+    saves = sorted(folder.glob("experiment_state-*.json"))
+    unrecorded = [path for path in saves if path.name not in known]
+    recorded = [path for path in saves if path.name in known]
+    return unrecorded if recorded else []
 
 
 def _sha256(path: Path) -> str:

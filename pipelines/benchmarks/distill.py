@@ -129,7 +129,7 @@ def plain_student(cfg: Config, teacher: Any, splits: Any, family: str, arch: dic
     from pipelines.ledger import stage_key
 
     fit_cfg = student_fit_config(cfg, teacher, family)
-    module = _build_student(fit_cfg, teacher, family, arch)
+    module = _build_student(fit_cfg, teacher, splits, family, arch)
     _fit(fit_cfg, module, splits, "plain", stage_key(fit_cfg.to_dict(), arch, family, "plain"))
     return module
 
@@ -143,7 +143,7 @@ def inherited_student(cfg: Config, teacher: Any, splits: Any, family: str, arch:
 
     c = cfg.compress
     fit_cfg = student_fit_config(cfg, teacher, family)
-    student = _build_student(fit_cfg, teacher, family, arch)
+    student = _build_student(fit_cfg, teacher, splits, family, arch)
     inherit_teacher(student, teacher, family)
     module = DistillModule(student, None, teacher.spec.task, c.alpha, c.temperature, c.mixup)
     _fit(fit_cfg, module, splits, "inherited", stage_key(fit_cfg.to_dict(), arch, family, "inherited"))
@@ -298,7 +298,7 @@ def _inheritance_lines(rows: list[Row], cases: list[str]) -> list[str]:
         weights, outputs = inherited[k].value - scratch, distilled[k].value - inherited[k].value
         parts.append(f"{k} {weights:+.2f} + {outputs:+.2f}")
     return [
-        "- Where the gain comes from (compress.inherit: the student starts from its teacher's leading slices), in "
+        "- Where the gain comes from (compress.inherit: the student starts from slices of its teacher), in "
         "points — the teacher's weights (inherited student on labels alone minus the stronger scratch student) + its "
         "outputs (distilled minus that inherited student): " + ", ".join(parts) + "."
     ]

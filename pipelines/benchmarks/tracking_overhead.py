@@ -2,10 +2,10 @@
 
 Two jobs, each run with tracking on and off, interleaved:
 
-- a toy job (5 epochs, 1 thread) in this process, running ``cmd_train``'s own sequence — ``tracking.job_run`` →
-  ``train`` with the tracking callbacks → ``train_stage.log_train_result`` — with timestamps between the phases, so run
-  start, steady epochs and the end-of-job logging are each measured. A warm-up job (not counted) imports MLflow
-  and creates the sqlite schema first, so these are the costs of a warm process;
+- a toy job (5 epochs, 1 thread) in this process, running ``train_stage``'s own sequence — ``tracking.job_run``
+  (opened in the background) → ``train`` with the tracking callbacks → ``train_stage.log_train_result`` — with
+  timestamps between the phases, so run start, steady epochs and the end-of-job logging are each measured. A
+  warm-up job (not counted) imports MLflow and creates the sqlite schema first: these are a warm process's costs;
 - the job a user runs: ``dlforge train configs/digits_cnn.yaml`` (the main job's final fit: 25 epochs, its own
   thread count), a fresh process each time, so MLflow's imports and its store's first open are counted. The
   ≤ 1.10 on/off and ≤ 1.5 s fixed-cost targets are judged on this one.
@@ -41,18 +41,23 @@ EPOCH_TARGET = 1.05
 
 
 def job(cfg: Config) -> dict[str, float]:
-    """``cmd_train``'s body with timestamps between its phases."""
+    """``train_stage``'s body (run opened in the background, curves from the callback) with timestamps between its
+    phases; ``fit_s`` includes any wait for the run to open."""
     from pipelines import tracking
-    from pipelines.train import train
-    from pipelines.train_stage import log_train_result
+    from pipelines.train import load_data, train
+    from pipelines.train_stage import HISTORY_PREFIXES, HISTORY_SKIP, log_train_result
 
+    splits = load_data(cfg)  # the CLI's preflight loads the data before the run: not part of tracking's cost
     t0 = time.perf_counter()
-    with quiet(), tracking.job_run(cfg, kind="train") as run_id:
+    with quiet(), tracking.job_run(cfg, kind="train", background=True) as opening:
         t1 = time.perf_counter()
         timer = EpochTimer()
-        result = train(cfg, callbacks=[*tracking.lightning_callbacks(cfg, run_id), timer], run_id=run_id)
+        callbacks = [*tracking.lightning_callbacks(cfg, opening), timer]
+        result = train(cfg, callbacks=callbacks, splits=splits)
+        run_id = opening.run_id() if opening is not None else None
         t2 = time.perf_counter()
-        log_train_result(run_id, cfg, result)
+        history = tracking.fit_history(callbacks, HISTORY_PREFIXES, HISTORY_SKIP)
+        log_train_result(run_id, cfg, result, splits=splits, history=history)
         t3 = time.perf_counter()
     t4 = time.perf_counter()
     full, _ = epoch_times(timer.starts, timer.train_ends, timer.end)
@@ -137,7 +142,11 @@ def run(ctx: BenchContext) -> BenchResult:
             toy["off"]["total_s"],
         ),
         guarded(ratio_row("steady epoch, on / off", toy["on"]["epoch_s"], toy["off"]["epoch_s"], EPOCH_TARGET)),
-        Row("run start, warm (create run, params, tags, config artifact)", median(toy["on"]["start_s"]), "s"),
+        Row(
+            "run start, warm, as the job waits for it (the run opens on a thread during the fit)",
+            median(toy["on"]["start_s"]),
+            "s",
+        ),
         Row(
             "end-of-job logging, warm (test metrics, curves, plots, checkpoint upload queued)",
             median([a - b for a, b in zip(toy["on"]["log_s"], toy["off"]["log_s"], strict=True)]),
@@ -177,7 +186,10 @@ def interpretation(rows: list[Row], user_name: str) -> str:
         "- What was cut from the fixed cost: the MLflow model (a pt2 export with its signature, seconds per job) is "
         "logged only when the job registers it (`tracking.register=true`, as `dlforge run` does); artifact uploads "
         "(the best checkpoint, review plots) go to a background thread that the run waits for before it ends "
-        "FINISHED, so none is lost; mlflow, onnx and ray are imported only when used (`python -X importtime`).\n"
+        "FINISHED, so none is lost; mlflow, onnx and ray are imported only when used (`python -X importtime`); "
+        "the run opens on a thread while the fit starts (importing mlflow and opening the store overlap the "
+        "training where a core is free; a server that does not answer is still refused before the fit); the "
+        "learning curves come from the callback's own history and the test-split plots reuse the fit's data.\n"
         f"- On the {toy_wall.value:.0f}-second toy job (warm process) the same fixed costs — {start.value:.2f} s to "
         f"open the run, {end.value:.2f} s of end-of-job logging (test metrics, learning curves, confusion matrix) "
         f"— make it {toy.value:.2f}×: a job that short is dominated by them, which is why the target is judged on a "

@@ -14,6 +14,8 @@ KINDS = {
     "teacher-int8": "the teacher quantized to INT8",
     "student": "the distilled student, fp32",
     "student-int8": "the distilled student quantized to INT8",
+    "ensemble": "the best sweep trials as one graph (their class probabilities averaged), fp32",
+    "ensemble-int8": "the ensemble of the best sweep trials quantized to INT8",
     "generator": "the GAN's generator, fp32",
     "generator-int8": "the GAN's generator quantized to INT8",
 }

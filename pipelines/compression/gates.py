@@ -32,15 +32,22 @@ def metric_gate(name: str, reference: float | None, value: float | None, task: s
 
 
 def preference(cfg: Config, teacher: Teacher) -> list[str]:
-    """The champion's preference order: ``compress.register`` first, then its other precision, then the other model.
+    """The champion's preference order: ``compress.register`` first, then its other precision, then the other models
+    in the same precision order — the teacher, the ensemble (``compress.teacher=ensemble`` only), the student.
 
-    ``teacher-int8`` (the default, also under ``register=none``) → teacher, student-int8, student.
+    ``teacher-int8`` (the default, also under ``register=none``) → teacher, ensemble-int8, ensemble, student-int8,
+    student. The ensemble comes after the teacher by default: it is k times the teacher's size and latency.
     """
     first = cfg.compress.register if cfg.compress.register != "none" else "teacher-int8"
     model, _, quantized = first.partition("-")
-    other = "student" if model == "teacher" else "teacher"
-    order = [first, model if quantized else f"{model}-int8", f"{other}-int8" if quantized else other]
-    order.append(other if quantized else f"{other}-int8")
+    models = (
+        ["teacher", "ensemble", "student"]
+        if teacher.ensemble is not None or teacher.members
+        else ["teacher", "student"]
+    )
+    if model in models:  # an ensemble choice without an ensemble was refused up front (publish.registered_key)
+        models.insert(0, models.pop(models.index(model)))
+    order = [key for m in models for key in ((f"{m}-int8", m) if quantized else (m, f"{m}-int8"))]
     if teacher.record.generative:
         order = [key.replace("teacher", "generator") for key in order]
     return order

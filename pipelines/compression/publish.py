@@ -29,7 +29,14 @@ from pipelines.compression.teacher import Teacher
 from pipelines.config import Config
 
 # Each shipped file is a version of <experiment>-<family>-onnx under its own alias (the generator counts as teacher).
-ONNX_ALIASES = {"teacher": "fp32", "teacher-int8": "int8", "student": "student", "student-int8": "student-int8"}
+ONNX_ALIASES = {
+    "teacher": "fp32",
+    "teacher-int8": "int8",
+    "student": "student",
+    "student-int8": "student-int8",
+    "ensemble": "ensemble",  # compress.teacher=ensemble: the best sweep trials as one graph
+    "ensemble-int8": "ensemble-int8",
+}
 
 
 @contextlib.contextmanager
@@ -84,12 +91,14 @@ def registered_key(cfg: Config, teacher: Teacher) -> str | None:
     ``teacher`` is the GAN's ``generator``; a quantized choice is the fp32 file when ``compress.quantization=none``.
 
     Raises:
-        InputError: it names a student that will not be trained.
+        InputError: it names a student that will not be trained, or an ensemble without compress.teacher=ensemble.
     """
     choice = cfg.compress.register
+    model, _, quantized = choice.partition("-")
+    if model == "ensemble" and cfg.compress.teacher != "ensemble":  # the champion's choice, tracking on or off
+        raise InputError(f"compress.register={choice} needs compress.teacher=ensemble; set compress.teacher=ensemble")
     if choice == "none" or not cfg.tracking.enabled:
         return None
-    model, _, quantized = choice.partition("-")
     generative = teacher.record.generative
     if model == "student" and (generative or cfg.compress.epochs == 0):  # auto: the teacher's, ≥ 1
         why = (
@@ -174,6 +183,7 @@ def _model_card(cfg: Config, run_id: str, key: str, teacher: Teacher, probe: Pro
     try:
         splits = load_data(cfg.with_overrides({"model.family": teacher.family}))
         lineage = {"compress run": run_id, "teacher run": teacher.run_id, "teacher checkpoint": teacher.checkpoint}
+        lineage |= {"ensemble members": list(teacher.members)} if key.startswith("ensemble") else {}
         card = onnx_card(cfg, key, result, probe, splits, lineage)
         path = Path(result.output_dir) / "model_cards" / key / "model_card.md"
         path.parent.mkdir(parents=True, exist_ok=True)

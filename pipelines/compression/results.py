@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,18 @@ class CompressResult:
     @property
     def failed(self) -> list[Gate]:
         return [g for g in self.gates if not g.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON values, plus ``passed`` and ``shipped`` (what readers of the JSON look up)."""
+        return dataclasses.asdict(self) | {"passed": self.passed, "shipped": self.shipped}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressResult:
+        """The result :meth:`to_dict` wrote (``passed`` and ``shipped`` are recomputed, not read)."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"rows", "gates"}
+        rows = [Row(**row) for row in data["rows"]]
+        gates = [Gate(**(gate | {"guards": tuple(gate.get("guards") or ())})) for gate in data["gates"]]
+        return cls(rows=rows, gates=gates, **{k: v for k, v in data.items() if k in fields})
 
 
 def shippable(files: dict[str, str], gates: list[Gate]) -> list[str]:

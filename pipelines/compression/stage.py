@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from dl_lightning.data import Splits
+from pipelines.compression.ensemble import ROLE as ENSEMBLE
+from pipelines.compression.ensemble import ship_ensemble
 from pipelines.compression.gates import choose_champion, drop_points, metric_gate, preference
-from pipelines.compression.measure import Probe, count_params, make_probe, measure_torch
+from pipelines.compression.measure import Probe, make_probe, measure_torch
 from pipelines.compression.publish import log_result, registered_key, tracked
 from pipelines.compression.results import CompressResult, Gate, Row, shippable
 from pipelines.compression.ship import ship
@@ -41,7 +43,8 @@ def compress(
         parent_run_id: the pipeline's MLflow run, when compress runs as one of its stages: the compress run is its
             child.
         members: under ``compress.teacher=ensemble``, the checkpoints whose ensemble the student learns from (the
-            best sweep trials': ``teacher.ensemble_members``); the teacher itself is still what ships.
+            best sweep trials': ``teacher.ensemble_members``); the ensemble also ships as one graph, ``ensemble``
+            (and ``ensemble-int8``), preferred after the teacher's files (``gates.preference``).
 
     Raises:
         InputError: the teacher cannot be found or read, or does not fit the data; ``compress.register`` asks for
@@ -68,6 +71,10 @@ def _compress(cfg: Config, teacher: Teacher, splits: Splits, probe: Probe, run_i
     role = "generator" if teacher.record.generative else "teacher"
     rows, files, gates, tuned = ship(cfg, net, example, role, teacher, teacher.family, probe, out / "onnx")
     autotune = {role: tuned} if tuned else {}
+    if teacher.ensemble is not None and not teacher.record.generative:  # the ensemble competes as one graph too
+        e_rows, e_files, e_gates, e_tuned = ship_ensemble(cfg, teacher, probe, out / "onnx")
+        rows, files, gates = [*rows, *e_rows], files | e_files, [*gates, *e_gates]
+        autotune |= {ENSEMBLE: e_tuned} if e_tuned else {}
     student: dict[str, Any] = {}
     checkpoints: dict[str, str] = {}
     if not teacher.record.generative and student_epochs(cfg, teacher) > 0:
@@ -85,6 +92,7 @@ def _compress(cfg: Config, teacher: Teacher, splits: Splits, probe: Probe, run_i
         "shipped": shippable(files, gates),
         "checkpoints": checkpoints,
         "autotune": autotune,
+        "ensemble_members": list(teacher.members),  # compress.teacher=ensemble: the checkpoints in `ensemble`
     }
     md, js = write_report(out, report, rows, gates)
     return CompressResult(
@@ -120,8 +128,7 @@ def _student(
     facts: dict[str, Any] = {"family": family, "arch": arch, "params_ratio": ratio, "epochs": epochs}
     facts |= {"autotune": tuned} if tuned else {}  # popped into the report's autotune section by the caller
     facts |= {"inherited": distilled.inherited} if hasattr(distilled, "inherited") else {}  # compress.inherit
-    if teacher.ensemble is not None:  # what the student learned from: the ensemble's own score, beside the teacher's
-        rows.append(_ensemble_row(cfg, teacher, probe))
+    if teacher.ensemble is not None:  # what the student learned from (the ensemble's own rows come before)
         facts["ensemble_members"] = list(teacher.members)
     if scratch is not None:
         scratch_net = scratch.export_net()[0]
@@ -132,15 +139,6 @@ def _student(
     names = ("student", "scratch") if scratch is not None else ("student",)
     found = [(n, p) for n in names for p in sorted((out / n / "checkpoints").glob("*.ckpt"))]
     return rows, files, gates, facts, {f"{n}_{p.stem}_checkpoint": str(p) for n, p in found}
-
-
-def _ensemble_row(cfg: Config, teacher: Teacher, probe: Probe) -> Row:
-    """The ensemble teacher measured like every model; its parameters and bytes are its members' (held outside it)."""
-    members = teacher.ensemble.members  # type: ignore[union-attr]
-    name = f"ensemble teacher ({len(members)} sweep trials, PyTorch)"
-    row = measure_torch(cfg, name, "ensemble_teacher_pytorch", teacher.ensemble, probe)
-    size = sum(t.numel() * t.element_size() for m in members for t in m.state_dict().values())
-    return dataclasses.replace(row, params=sum(count_params(m) for m in members), size_bytes=size)
 
 
 def _student_gate(cfg: Config, teacher_row: Row, student_row: Row, probe: Probe, ratio: float) -> Gate:

@@ -119,8 +119,9 @@ def train_students(
 
 
 def inherit_teacher(student: L.LightningModule, teacher: Teacher, family: str) -> None:
-    """``compress.inherit``: the student starts from its teacher's leading slices (``dl_lightning.inherit``); what
-    was copied is kept as ``student.inherited`` (one line, for the report). Another family shares no names: no-op."""
+    """``compress.inherit``: the student starts from slices of its teacher (``dl_lightning.inherit``: a layer with
+    BatchNorm keeps its most important units, others their first ones); what was copied is kept as
+    ``student.inherited`` (one line, for the report). Another family shares no names: no-op."""
     if family != teacher.family:
         return
     done = inherit(student.export_net()[0], teacher.module.export_net()[0])

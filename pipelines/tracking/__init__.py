@@ -5,8 +5,9 @@ package imports no stage. Its rooms:
 
 - ``store``: the store's URI (``tracking.uri``, default ``sqlite:///<project>/mlruns/mlflow.db``), secrets kept out
   of params, tags and printed URIs, connecting (first use of a sqlite file locked), batched logging helpers.
-- ``runs``: ``job_run`` — one run per job, created on global rank 0, ended FINISHED, FAILED or KILLED; owner tags and
-  closing of orphaned runs; run names and tags; ``lightning_callbacks`` and ``run_id_from_checkpoint``.
+- ``runs``: ``job_run`` — one run per job, created on global rank 0 (or opened on a thread while the job starts:
+  ``PendingRun``), ended FINISHED, FAILED or KILLED; owner tags and closing of orphaned runs; run names and tags;
+  ``lightning_callbacks``, ``fit_history`` and ``run_id_from_checkpoint``.
 - ``callback``: ``TrackingCallback``, the Lightning callback sending each epoch's metrics (``step = epoch``, 0-based)
   from a background thread and keeping unsent epochs in each checkpoint.
 - ``registry``: log models (``pt2``, single-file ONNX), register versions, aliases, promotion, download.
@@ -39,10 +40,12 @@ from pipelines.tracking.registry import (
 from pipelines.tracking.runs import (
     CHECKPOINT_KEY,
     ORPHAN_TAG,
+    PendingRun,
     close_orphans,
     close_unfinished_children,
     dataset_name,
     default_run_name,
+    fit_history,
     global_rank,
     job_run,
     lightning_callbacks,
@@ -75,6 +78,7 @@ from pipelines.tracking.ui import (
     has_runs_view,
     run_page,
     run_url,
+    runs_table_url,
     serve_ui,
     share_runs_view,
     ui_server_env,
@@ -87,6 +91,7 @@ __all__ = [
     "LOCAL_DASHBOARD",
     "ModelVersion",
     "ORPHAN_TAG",
+    "PendingRun",
     "TrackingError",
     "close_orphans",
     "close_unfinished_children",
@@ -97,6 +102,7 @@ __all__ = [
     "download_onnx",
     "experiment_url",
     "filter_quote",
+    "fit_history",
     "global_rank",
     "has_runs_view",
     "job_run",
@@ -123,6 +129,7 @@ __all__ = [
     "resolve_checkpoint",
     "run_id_from_checkpoint",
     "run_page",
+    "runs_table_url",
     "run_tag",
     "run_url",
     "serve_ui",

@@ -24,8 +24,9 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from pipelines.tracking.store import (
     _log_batch,
     _mlflow,
     _param_text,
+    _reachable_uri,
     _safe,
     connect,
     mask_params,
@@ -91,7 +93,8 @@ def job_run(
     parent_run_id: str | None = None,
     run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
-) -> Iterator[str | None]:
+    background: bool = False,
+) -> Iterator[Any]:
     """One MLflow run for one job: created on global rank 0 only; yields its id (``None`` elsewhere or when off).
 
     Args:
@@ -100,19 +103,60 @@ def job_run(
         parent_run_id: nest this run under a pipeline or sweep run.
         run_id: continue this run (a resumed job): params already logged are kept, changed ones become tags.
         tags: extra tags, e.g. ``{"ray.trial_id": ...}``.
+        background: yield a ``PendingRun`` at once and open the run on a thread (importing mlflow and opening the
+            store take seconds, which then overlap the job's own work). A server that does not answer is still
+            refused before this yields; any other failure to open is raised by ``PendingRun.run_id()`` and by
+            leaving the block. Only a single-process job without system metrics opens in the background (DDP
+            ranks need the id at setup; the sampler belongs to the thread that ends the run); others get a
+            ``PendingRun`` that is already open.
     """
     if not cfg.tracking.enabled or global_rank(cfg.trainer.devices) != 0:
         yield None
         return
-    mlflow = _mlflow()
-    experiment_id = connect(cfg)
-    client = mlflow.MlflowClient()
+    args = (cfg, kind, name, parent_run_id, run_id, tags)
+    if background:
+        with _background_run(*args) as pending:
+            yield pending
+        return
+    client, run_id = _open_run(*args, activate=True)
+    with _ending(client, run_id):
+        yield run_id
+
+
+def _open_run(
+    cfg: Config,
+    kind: str,
+    name: str | None,
+    parent_run_id: str | None,
+    run_id: str | None,
+    tags: Mapping[str, Any] | None,
+    *,
+    activate: bool,
+    uri: str | None = None,
+) -> tuple[MlflowClient, str]:
+    """Connect, close orphans, create or continue the run and log its config; a config that fails to log ends the
+    run FAILED. ``activate``: also make it this thread's active run (``mlflow.start_run``)."""
+    experiment_id = connect(cfg, uri)
+    client = _mlflow().MlflowClient()
     close_orphans(client, experiment_id)  # before continuing a run: a resumed job closes the orphan it finds
     run_id, resumed = _create_or_continue(client, cfg, experiment_id, kind, name, parent_run_id, run_id, tags)
-    status = "FINISHED"
+    if activate:
+        _activate(cfg, run_id)
     try:
         _log_config(client, cfg, run_id, resumed)
-        yield run_id
+    except BaseException as exc:
+        _safe(client.set_tag, run_id, "dlforge.error", clip(f"{type(exc).__name__}: {exc}", 2000))
+        _end_run(client, run_id, _status_for(exc))
+        raise
+    return client, run_id
+
+
+@contextlib.contextmanager
+def _ending(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """End the run when the block ends: FINISHED with every upload in it, else FAILED or KILLED (``_status_for``)."""
+    status = "FINISHED"
+    try:
+        yield
         wait_for_uploads()  # the run ends FINISHED only with every artifact in it
     except BaseException as exc:
         status = _status_for(exc)
@@ -121,6 +165,77 @@ def job_run(
     finally:
         _UPLOADS.wait(raise_errors=False)  # a failed job still keeps what it uploaded
         _end_run(client, run_id, status)
+
+
+class PendingRun:
+    """A job's run while it is being opened on a background thread (``job_run(background=True)``).
+
+    Guarantees: ``run_id()`` returns the id once the run exists with its params, tags and config, or raises what
+    opening raised (``TrackingError`` for a store that cannot be used); ``error()`` never waits.
+    """
+
+    def __init__(self, open_run: Any = None, *, opened: tuple[MlflowClient, str] | None = None) -> None:
+        from concurrent.futures import Future
+
+        self._future: Future = Future()
+        if opened is not None:
+            self._future.set_result(opened)
+        else:
+            threading.Thread(target=self._open, args=(open_run,), name="dlforge-mlflow-open", daemon=True).start()
+
+    def _open(self, open_run: Any) -> None:
+        try:
+            self._future.set_result(open_run())
+        except BaseException as exc:  # handed to whoever waits for the id
+            self._future.set_exception(exc)
+
+    def run_id(self, timeout: float | None = None) -> str:
+        """The run's id, waiting until it is open; raises what opening raised."""
+        return self._future.result(timeout)[1]
+
+    def client(self) -> MlflowClient:
+        """The client that opened the run (waits as ``run_id``)."""
+        return self._future.result()[0]
+
+    def error(self) -> BaseException | None:
+        """What opening raised, once it has failed; never waits."""
+        return self._future.exception() if self._future.done() else None
+
+
+@contextlib.contextmanager
+def _background_run(
+    cfg: Config,
+    kind: str,
+    name: str | None,
+    parent_run_id: str | None,
+    run_id: str | None,
+    tags: Mapping[str, Any] | None,
+) -> Iterator[PendingRun]:
+    args = (cfg, kind, name, parent_run_id, run_id, tags)
+    if cfg.trainer.devices * cfg.trainer.num_nodes > 1 or _system_metrics(cfg):
+        pending = PendingRun(opened=_open_run(*args, activate=True))
+    else:
+        uri = _reachable_uri(cfg)  # an HTTP server that does not answer: refused now, before the job starts
+        pending = PendingRun(functools.partial(_open_run, *args, activate=False, uri=uri))
+    try:
+        yield pending
+    except BaseException as exc:
+        if pending.error() is exc:  # the job stopped because the run could not be opened: no run to end
+            raise
+        with _ending(*_opened_or_raise(pending, exc)):
+            raise
+    else:
+        with _ending(pending.client(), pending.run_id()):
+            pass
+
+
+def _opened_or_raise(pending: PendingRun, exc: BaseException) -> tuple[MlflowClient, str]:
+    """The open run, to be ended with the job's own exception; when opening failed too, the job's exception."""
+    try:
+        return pending.client(), pending.run_id()
+    except BaseException as failed:
+        log.warning("the MLflow run could not be opened either: %s", failed)
+        raise exc from None
 
 
 def _create_or_continue(
@@ -149,10 +264,14 @@ def _create_or_continue(
         run_id = created.info.run_id
     else:
         _log_batch(client, run_id, tags={**job_tags, "dlforge.resumed": "true"})
-    # Make it the active run of this thread too: mlflow.pytorch.log_model and system metrics need one.
+    return run_id, resumed
+
+
+def _activate(cfg: Config, run_id: str) -> None:
+    """Make the run this thread's active run (MLflow keeps one per thread): system metrics need one."""
+    mlflow = _mlflow()
     active = mlflow.active_run()
     mlflow.start_run(run_id=run_id, nested=active is not None, log_system_metrics=_system_metrics(cfg))
-    return run_id, resumed
 
 
 OWNER_PID_TAG = "dlforge.pid"
@@ -342,9 +461,10 @@ def _resolve_tags(tags: dict[str, str]) -> dict[str, str]:
         return tags
 
 
-def lightning_callbacks(cfg: Config, run_id: str | None) -> list[Callback]:
+def lightning_callbacks(cfg: Config, run_id: str | PendingRun | None) -> list[Callback]:
     """The callbacks ``train()`` needs for tracking; give them on every rank (the id reaches the others).
 
+    ``run_id`` may be a ``PendingRun`` (``job_run(background=True)``): the fit starts while the run opens.
     The callback module (hence Lightning and torch) is imported only here: ``dlforge predict models:/…`` downloads
     through this package and must not pay for them.
     """
@@ -353,3 +473,13 @@ def lightning_callbacks(cfg: Config, run_id: str | None) -> list[Callback]:
     from pipelines.tracking.callback import TrackingCallback
 
     return [TrackingCallback(run_id)]
+
+
+def fit_history(callbacks: Sequence[Any], prefixes: tuple[str, ...], skip: tuple[str, ...] = ()) -> dict | None:
+    """The metric history (name → sorted ``(epoch, value)``) that the tracking callback among ``callbacks`` kept of
+    a fit, as ``store.metric_history`` would read it back; None without one, or when the fit was resumed."""
+    module = sys.modules.get("pipelines.tracking.callback")  # not imported: no tracking callback exists
+    for callback in callbacks if module is not None else ():
+        if isinstance(callback, module.TrackingCallback):
+            return callback.history(prefixes, skip)
+    return None

@@ -104,10 +104,14 @@ def redacted_config(cfg: Config) -> dict[str, Any]:
     return unflatten(mask_params(cfg.flat()))
 
 
-def connect(cfg: Config) -> str:
-    """Point MLflow at the configured store (checking an HTTP server answers) and return the experiment id."""
+def connect(cfg: Config, uri: str | None = None) -> str:
+    """Point MLflow at the configured store (checking an HTTP server answers) and return the experiment id.
+
+    Args:
+        uri: the store ``_reachable_uri(cfg)`` already chose (its server check is not repeated).
+    """
     mlflow = _mlflow()
-    uri = _reachable_uri(cfg)
+    uri = uri or _reachable_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -118,8 +122,9 @@ def connect(cfg: Config) -> str:
         with _first_use_lock(uri):
             return _experiment_id(uri, cfg.tracking.experiment, _artifact_location(cfg, uri))
     except Exception as exc:
+        reason = clip(" ".join(str(exc).split()), 300)  # one line: SQLAlchemy's messages span several
         raise TrackingError(
-            f"cannot use tracking store {redact_uri(uri)}: {type(exc).__name__}: {clip(str(exc), 300)} "
+            f"cannot use tracking store {redact_uri(uri)}: {type(exc).__name__}: {reason} "
             "— fix tracking.uri or set tracking.enabled=false"
         ) from exc
 

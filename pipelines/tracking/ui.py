@@ -39,9 +39,9 @@ def share_runs_view(run_id: str, metrics: list[str], tags: list[str]) -> None:
     )
 
 
-def has_runs_view(experiment_id: str) -> bool:
+def has_runs_view(experiment_id: str, uri: str | None = None) -> bool:
     """Whether ``share_runs_view`` set the experiment's view (a link to a view it lacks opens an error)."""
-    return RUNS_VIEW_TAG in _mlflow().MlflowClient().get_experiment(experiment_id).tags
+    return RUNS_VIEW_TAG in _mlflow().MlflowClient(tracking_uri=uri).get_experiment(experiment_id).tags
 
 
 def run_url(cfg: Config, run_id: str) -> str:
@@ -49,10 +49,23 @@ def run_url(cfg: Config, run_id: str) -> str:
 
     The store this process logged to (after a fallback, the local one); credentials are never in the link.
     """
+    base, uri, experiment_id = _dashboard_of(cfg, run_id)
+    return f"{experiment_url(base, experiment_id)}/{run_id}"
+
+
+def runs_table_url(cfg: Config, run_id: str) -> str:
+    """The runs table of the run's experiment, where :func:`run_url` is served; in the headline columns
+    (``share_runs_view``) once a pipeline has set them — the link ``dlforge ui`` prints."""
+    base, uri, experiment_id = _dashboard_of(cfg, run_id)
+    return experiment_url(base, experiment_id, view=has_runs_view(experiment_id, uri))
+
+
+def _dashboard_of(cfg: Config, run_id: str) -> tuple[str, str, str]:
+    """(dashboard base URL without credentials, store URI, experiment id) of a run this process logged."""
     uri = _USED_URI.get(tracking_uri(cfg)) or tracking_uri(cfg)
     server = uri.startswith(("http://", "https://"))
     experiment_id = _mlflow().MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
-    return f"{experiment_url(redact_uri(uri) if server else LOCAL_DASHBOARD, experiment_id)}/{run_id}"
+    return (redact_uri(uri) if server else LOCAL_DASHBOARD), uri, experiment_id
 
 
 def run_page(run_id: str) -> str | None:

@@ -118,6 +118,7 @@ def test_browser_reviews_a_pipeline_its_children_dataset_and_registry(browser, t
             "run",
             "configs/breast_cancer_mlp.yaml",
             "--quick",
+            "compress.quantization=dynamic",  # a fixed recipe: the autotuner may ship fp32 and write no int8 file
             f"tracking.uri={url}",
             f"output_dir={tmp_path / 'out'}",
             timeout=1200,

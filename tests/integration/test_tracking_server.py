@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -71,8 +72,9 @@ def test_train_over_http_logs_one_complete_run(server, cli, tmp_path):
     assert version.tags["dlforge.source_run_id"] == run_id
     x = np.zeros((3, 30), dtype=np.float32)
     mlflow.set_tracking_uri(server)
-    assert mlflow.pyfunc.load_model("models:/http-mlp@candidate").predict(x).shape == (3, 2)
-    assert mlflow.pyfunc.load_model(model.model_uri).predict(x).shape == (3, 2)
+    for uri in ("models:/http-mlp@candidate", model.model_uri):  # labels and probabilities, as dlforge predict
+        served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame(x))
+        assert served.shape == (3, 4) and list(served.columns)[:2] == ["id", "prediction"], served.columns
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mlflow_run_id"] == run_id and summary["tracking"]["uri"] == server
     print(f"train over HTTP: {took:.1f}s for 2 tiny epochs, logging, plots, model and registry")

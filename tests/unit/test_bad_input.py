@@ -366,6 +366,26 @@ def test_a_signed_folder_is_accepted_and_any_change_is_refused(tmp_path, monkeyp
         verify_experiment(folder)
 
 
+def test_a_state_save_copied_after_the_last_record_is_set_aside_not_read(tmp_path, monkeypatch):
+    """A driver killed between Ray's copy of a state save and dlforge's record of it: resume from the save before."""
+    from dl_lightning.errors import InputError
+    from tune.integrity import record_digests, verify_experiment
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "experiment_state-1.json").write_text("{}")
+    record_digests(folder)
+    (folder / "experiment_state-2.json").write_text('{"late": 1}')
+    assert verify_experiment(folder) == ["experiment_state-2.json"]
+    assert (folder / "experiment_state-2.json.unverified").is_file() and not (
+        folder / "experiment_state-2.json"
+    ).exists()
+    (folder / "experiment_state-1.json").write_text('{"changed": 1}')  # a recorded save changed: still refused
+    with pytest.raises(InputError, match="changed or added"):
+        verify_experiment(folder)
+
+
 def test_a_lost_ddp_rank_is_one_line_not_a_gloo_traceback(capsys, tmp_path, monkeypatch):
     import torch.distributed
 

@@ -52,6 +52,8 @@ def test_tracked_train_prints_its_run_id_and_dashboard_link(cli, tiny, store):
     link = re.search(r"dashboard +(\S+)", out).group(1)
     assert link.startswith("http://127.0.0.1:5000/#/experiments/") and link.endswith(f"/runs/{run_id}")
     assert f"(serve it: dlforge ui tracking.uri={store})" in out
+    table = re.search(r"runs_table +(\S+)", out).group(1)  # no pipeline yet: the runs table in MLflow's columns
+    assert table == link.removesuffix(f"/{run_id}")
     from mlflow import MlflowClient
 
     inputs = MlflowClient(tracking_uri=store).get_run(run_id).inputs.dataset_inputs  # the Dataset column

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dl_lightning.data.spec import DataSpec
 from dl_lightning.distill import DistillModule
-from dl_lightning.inherit import inherit, take
+from dl_lightning.inherit import inherit, ranked, take
 from dl_lightning.nets.cnn import CNNNet
 from dl_lightning.nets.mlp import MLPNet
 from dl_lightning.nets.rnn import RNNNet
@@ -70,17 +70,17 @@ def test_same_widths_make_an_exact_copy(name):
     assert not torch.equal(student(x), teacher(x))
     done = inherit(student, teacher)
     assert done.fresh == () and done.copied == len(student.state_dict())
-    assert torch.equal(student(x), teacher(x))
+    assert torch.allclose(student(x), teacher(x), atol=1e-6)  # ranked units sum in another order: float rounding
 
 
-def test_mlp_and_cnn_half_width_copy_leading_slices():
+def test_mlp_and_cnn_half_width_copy_leading_slices_without_ranking():
     mlp_t, mlp_s = _teacher("mlp"), _mlp(0.5)
-    assert inherit(mlp_s, mlp_t).fresh == ()
+    assert inherit(mlp_s, mlp_t, by_importance=False).fresh == ()
     assert torch.equal(mlp_s.body[0].weight, mlp_t.body[0].weight[:8])  # first layer: all 6 inputs kept
     assert torch.equal(mlp_s.body[4].weight, mlp_t.body[4].weight[:4, :8])  # next layer reads the kept 8
     assert torch.equal(mlp_s.head.weight, mlp_t.head.weight[:, :4])
     cnn_t, cnn_s = _teacher("cnn"), _cnn(0.5)
-    assert inherit(cnn_s, cnn_t).fresh == ()
+    assert inherit(cnn_s, cnn_t, by_importance=False).fresh == ()
     conv_t, conv_s = cnn_t.features[1][0].weight, cnn_s.features[1][0].weight  # (16, 8, 3, 3) → (8, 4, 3, 3)
     assert torch.equal(conv_s, conv_t[:8, :4])
     bn_t, bn_s = cnn_t.features[0][1], cnn_s.features[0][1]
@@ -88,6 +88,79 @@ def test_mlp_and_cnn_half_width_copy_leading_slices():
     assert bn_s.running_mean.abs().sum() > 0  # the statistics are the teacher's, not the (0, 1) start
     positions = cnn_t.head[1].in_features // 16  # flatten is channel-major: channel c owns a run of positions
     assert torch.equal(cnn_s.head[1].weight, cnn_t.head[1].weight[:6, : 8 * positions])
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_ranking_reorders_units_without_changing_what_the_net_computes(name):
+    teacher = _teacher(name)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    reordered = ranked(teacher)
+    x = torch.randn(8, *INPUTS[name])
+    assert torch.allclose(reordered(x), teacher(x), atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())  # the teacher is not touched
+    moved = any(not torch.equal(v, before[k]) for k, v in reordered.state_dict().items())
+    assert moved == (name in ("mlp", "cnn"))  # recurrent and attention nets keep first-k
+
+
+def _top_half(importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The more important half of the units, most important first, and the rest."""
+    order = importance.argsort(descending=True)
+    keep, drop = order[: len(order) // 2], order[len(order) // 2 :]
+    assert importance[keep].min() >= importance[drop].max()
+    return keep, drop
+
+
+def test_half_width_mlp_keeps_its_most_important_units_and_computes_the_pruned_teacher():
+    teacher, student = _teacher("mlp"), _mlp(0.5).eval()  # 6 → 16 → 8 → 3, BatchNorm after each hidden layer
+    with torch.no_grad():
+        for bn in (teacher.body[1], teacher.body[5]):
+            bn.weight.copy_(torch.randn(len(bn.weight)))  # gammas in no particular order, some negative
+    assert inherit(student, teacher).fresh == ()
+    w0, w1, head = teacher.body[0].weight, teacher.body[4].weight, teacher.head.weight
+    keep0, drop0 = _top_half(teacher.body[1].weight.abs() * w1.norm(dim=0))  # |gamma| × outgoing norm
+    keep1, drop1 = _top_half(teacher.body[5].weight.abs() * head.norm(dim=0))
+    assert torch.equal(student.body[0].weight, w0[keep0])
+    assert torch.equal(student.body[1].running_mean, teacher.body[1].running_mean[keep0])
+    assert torch.equal(student.body[4].weight, w1[keep1][:, keep0])  # reads the kept units, in their new order
+    assert torch.equal(student.head.weight, head[:, keep1])
+    pruned = _mlp(1.0).eval()
+    pruned.load_state_dict(teacher.state_dict())
+    with torch.no_grad():  # the other units send nothing on
+        pruned.body[4].weight[:, drop0] = 0.0
+        pruned.head.weight[:, drop1] = 0.0
+    x = torch.randn(16, 6)
+    assert torch.allclose(student(x), pruned(x), atol=1e-5)
+    assert not torch.allclose(student(x), teacher(x), atol=1e-3)
+
+
+def test_layers_without_batch_norm_keep_their_first_units():
+    torch.manual_seed(0)
+    teacher = MLPNet(_data("tabular", (6,)), [16, 8], batch_norm=False, dropout=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(ranked(teacher).parameters(), teacher.parameters(), strict=True))
+    student = MLPNet(_data("tabular", (6,)), [8, 4], batch_norm=False, dropout=0.0)
+    inherit(student, teacher)
+    assert torch.equal(student.body[3].weight, teacher.body[3].weight[:4, :8])
+
+
+def test_half_width_cnn_keeps_the_channels_with_the_largest_gamma_times_outgoing_weights():
+    teacher, student = _teacher("cnn"), _cnn(0.5)  # conv 8 → 16 channels, then a flattened head
+    with torch.no_grad():
+        teacher.features[0][1].weight.copy_(
+            torch.linspace(0.1, 2.0, 8)
+        )  # |gamma| rises: the first-k order is the worst
+    assert inherit(student, teacher).fresh == ()
+    conv0, bn0 = teacher.features[0][:2]
+    conv1, bn1 = teacher.features[1][:2]
+    fc = teacher.head[1].weight.unflatten(1, (16, -1))  # (hidden, channel, grid position)
+    keep0, _ = _top_half(bn0.weight.abs() * conv1.weight.transpose(0, 1).flatten(1).norm(dim=1))
+    keep1, _ = _top_half(bn1.weight.abs() * fc.transpose(0, 1).flatten(1).norm(dim=1))
+    assert not torch.equal(keep0.sort().values, torch.arange(4))
+    assert torch.equal(student.features[0][0].weight, conv0.weight[keep0])
+    assert torch.equal(student.features[0][1].running_var, bn0.running_var[keep0])
+    assert torch.equal(student.features[1][0].weight, conv1.weight[keep1][:, keep0])
+    # channels move with their grid positions; the hidden layer (no BatchNorm) keeps its first units
+    assert torch.equal(student.head[1].weight, fc[:6][:, keep1].flatten(1))
+    assert torch.equal(student.head[4].weight, teacher.head[4].weight[:, :6])
 
 
 @pytest.mark.parametrize(("cell", "gates"), [("lstm", 4), ("gru", 3)])
@@ -198,7 +271,7 @@ def test_compress_student_inherits_only_from_a_teacher_of_its_family(capsys):
     teacher = Teacher(build_model("mlp", spec, {"hidden": [16, 8]}, {}), "t.ckpt", "mlp", spec, {}, None)
     student = build_model("mlp", spec, {"hidden": [8, 4]}, {})
     inherit_teacher(student, teacher, "mlp")
-    assert torch.equal(student.net.body[3].weight, teacher.module.net.body[3].weight[:4, :8])
+    assert torch.equal(student.net.body[3].weight, ranked(teacher.module.net).body[3].weight[:4, :8])
     assert (
         student.inherited == "8 of 8 tensors inherited" and "inherits its teacher's weights" in capsys.readouterr().out
     )

@@ -3,22 +3,27 @@ from a real sqlite store."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from pipelines import front_page, tracking
+from pipelines.compression.results import CompressResult
 from pipelines.config import Config, build_config
+from pipelines.stage_results import PromoteResult, StageResults
+from pipelines.train_stage import TrainStageResult
 
 
 def _row(key: str, metric: float, size: int, latency: float) -> dict:
     lat = {"b1_p50": latency, "b1_p95": latency * 2, "b64_p50": 1.0, "b64_p95": 2.0}
-    row = {"model": key, "key": key, "params": 10, "size_bytes": size, "metric": metric, "latency_ms": lat}
+    row = {"model": key, "key": key, "runtime": "onnxruntime", "params": 10, "size_bytes": size, "metric": metric}
+    row["latency_ms"] = lat
     return row | {"parity_max_abs_diff": None}
 
 
-def _stages(tmp_path: Path) -> dict:
+def _stages(tmp_path: Path) -> StageResults:
     png = tmp_path / "train" / "review" / "confusion_matrix.png"
     png.parent.mkdir(parents=True)
     png.write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -32,15 +37,14 @@ def _stages(tmp_path: Path) -> dict:
         {"name": "teacher INT8 drop", "passed": True, "detail": "0.5 points", "guards": ["teacher-int8"]},
         {"name": "student drop", "passed": False, "detail": "2 points", "guards": ["student"]},
     ]
-    return {
-        "train": {
-            "metrics": {"test/acc": 0.97},
-            "config": {"output_dir": str(tmp_path / "train")},
-            "mlflow_run_id": "t1",
-        },
-        "compress": {"metric": "test/acc", "rows": rows, "gates": gates, "champion": "teacher-int8", "run_id": "c1"},
-        "promote": {"name": "digits-cnn-onnx", "champion": "3", "model": "teacher-int8", "versions": []},
-    }
+    summary = {"metrics": {"test/acc": 0.97}, "config": {"output_dir": str(tmp_path / "train")}, "mlflow_run_id": "t1"}
+    reports = {"output_dir": "c", "report_md": "c/report.md", "report_json": "c/report.json", "teacher_run_id": None}
+    compress = {"metric": "test/acc", "rows": rows, "gates": gates, "champion": "teacher-int8", "run_id": "c1"}
+    return StageResults(
+        train=TrainStageResult.from_summary(summary),
+        compress=CompressResult.from_dict(compress | reports | {"files": {}}),
+        promote=PromoteResult("digits-cnn-onnx", "3", [], "teacher-int8"),
+    )
 
 
 @pytest.fixture
@@ -79,9 +83,11 @@ def test_the_runs_table_link_opens_a_view_with_the_headline_columns(cfg, store, 
     import json
 
     with tracking.job_run(cfg, kind="pipeline", name="pipeline cnn digits") as parent:
+        plain = tracking.runs_table_url(cfg, parent)  # before the view exists: MLflow's own columns
         front_page.publish(cfg, parent, _stages(tmp_path / "run"), tmp_path / "run")
     client = MlflowClient(tracking_uri=store)
     experiment_id = client.get_run(parent).info.experiment_id
+    assert plain == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
     view = json.loads(client.get_experiment(experiment_id).tags["mlflow.sharedViewState.dlforge"])
     columns = view["selectedColumns"]
     assert columns[:2] == ["attributes.`Dataset`", "attributes.`Models`"]
@@ -91,6 +97,7 @@ def test_the_runs_table_link_opens_a_view_with_the_headline_columns(cfg, store, 
     assert tracking.has_runs_view(experiment_id)
     url = tracking.experiment_url("http://127.0.0.1:5000", experiment_id, view=True)
     assert url == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey=dlforge"
+    assert tracking.runs_table_url(cfg, parent) == url  # what dlforge run / train / tune print as runs_table
 
 
 def test_nothing_is_published_with_tracking_off(tmp_path):
@@ -99,7 +106,8 @@ def test_nothing_is_published_with_tracking_off(tmp_path):
 
 def test_no_champion_says_so(tmp_path):
     stages = _stages(tmp_path)
-    stages["compress"]["champion"], stages["promote"] = None, {"name": "x", "champion": None, "versions": []}
+    compress = dataclasses.replace(stages.compress, champion=None)
+    stages = dataclasses.replace(stages, compress=compress, promote=PromoteResult("x", None, []))
     assert front_page.headline_tags(stages)["dlforge.champion"] == "none"
     assert "**Champion:** none" in front_page.description(Config(), stages)
     assert not any(k.startswith("champion/") for k in front_page.headline_metrics(stages))

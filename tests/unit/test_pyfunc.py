@@ -186,3 +186,32 @@ def test_a_generator_is_not_a_predictor(tmp_path):
 
     with pytest.raises(InputError, match="not a dlforge predictor"):
         predict.Predictor(path)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_registered_pytorch_model_predicts_as_its_onnx_file(store, tmp_path, task):
+    """``models:/<experiment>-<family>`` (the trained PyTorch model): pyfunc gives labels and probabilities (or
+    values), equal to ``dlforge predict`` on the same net exported to ONNX."""
+    import mlflow
+    import torch
+
+    from dl_lightning.data.spec import DataSpec
+    from dl_lightning.registry import build_model
+
+    names = ("setosa", "versi color", "virginica") if task == "classification" else ()
+    spec = DataSpec("tabular", task, (6,), len(names) or 1, mean=(1.0,) * 6, std=(2.0,) * 6, class_names=names)
+    torch.manual_seed(0)
+    net, example = build_model("mlp", spec, {"hidden": [8], "dropout": 0.0}, {}).export_net()
+    meta = export.model_metadata(spec.to_dict(), family="mlp", role="trained", source_run_id=None)
+    cfg = load_config(None, [f"tracking.uri={store}", f"output_dir={tmp_path / 'out'}"])
+    tracking.connect(cfg)
+    with tracking.job_run(cfg, kind="train") as run_id:
+        uri, serves = predict.log_trained_model(run_id, net, example, meta)
+        tracking.register_model(uri, name=f"torch-{task}", run_id=run_id, alias="champion")
+    assert serves
+    table = _table("tabular")
+    served = mlflow.pyfunc.load_model(f"models:/torch-{task}@champion").predict(table)
+    onnx_path = export.export_onnx(net, example, tmp_path / "m.onnx", metadata=meta, output_name="out")
+    expected = predict.Predictor(onnx_path).predict(table)  # what dlforge predict writes for the ONNX file
+    pd.testing.assert_frame_equal(served, expected, check_dtype=False, rtol=1e-5, atol=1e-6)
+    assert list(served.columns)[:2] == ["id", "prediction"] and len(served) == len(table)

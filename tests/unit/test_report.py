@@ -1,12 +1,28 @@
 """The pipeline report renders every stage's result, in markdown and as one self-contained HTML page."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from pipelines.compression.results import CompressResult
 from pipelines.config import Config
 from pipelines.report import write_reports
+from pipelines.stage_results import PromoteResult, StageResults
+from pipelines.sweep import SweepResult
+from pipelines.train_stage import TrainStageResult
+
+
+def _compress(rows, gates, **fields) -> CompressResult:
+    paths = {"output_dir": "c", "report_md": "c/report.md", "report_json": "c/report.json", "teacher_run_id": None}
+    return CompressResult.from_dict({"metric": "test/acc", "rows": rows, "gates": gates, "files": {}} | paths | fields)
+
+
+def _sweep(**fields) -> SweepResult:
+    paths = {"output_dir": "s", "best_config": None, "results_csv": "s/r.csv", "plot": None, "experiment_path": "e"}
+    defaults = {"best_overrides": {}, "best_metric": None, "best_trial": None, "metric": "val/acc", "mode": "max"}
+    return SweepResult.from_dict(paths | defaults | {"trials": [], "run_id": None} | fields)
 
 
 def _stages(tmp_path):
@@ -15,6 +31,7 @@ def _stages(tmp_path):
     png.write_bytes(b"\x89PNG\r\n\x1a\n")  # the report embeds bytes as they are; it never decodes them
     row = {
         "model": "teacher INT8 (static)",
+        "runtime": "onnxruntime",
         "params": 10,
         "size_bytes": 2048,
         "metric": 0.98,
@@ -22,16 +39,18 @@ def _stages(tmp_path):
         "parity_max_abs_diff": None,
     }
     trial = {"trial_id": "t1", "status": "stopped", "epochs": 3, "best": 0.91, "params": {"optim.lr": 0.01}}
-    return {
-        "sweep": {"metric": "val/acc", "best_metric": 0.91, "best_overrides": {"optim.lr": 0.01}, "trials": [trial]},
-        "train": {"metrics": {"test/acc": 0.97}, "config": {"output_dir": str(tmp_path / "train")}},
-        "compress": {"rows": [row], "gates": [{"name": "teacher INT8 drop", "passed": True, "detail": "0.0 points"}]},
-        "promote": {
-            "name": "x-cnn",
-            "champion": "2",
-            "versions": [{"version": "2", "aliases": ["champion"], "gates": "passed", "metric": 0.97, "run_id": "r"}],
-        },
-    }
+    return StageResults(
+        sweep=_sweep(metric="val/acc", best_metric=0.91, best_overrides={"optim.lr": 0.01}, trials=[trial]),
+        train=TrainStageResult.from_summary(
+            {"metrics": {"test/acc": 0.97}, "config": {"output_dir": str(png.parent.parent)}}
+        ),
+        compress=_compress([row], [{"name": "teacher INT8 drop", "passed": True, "detail": "0.0 points"}]),
+        promote=PromoteResult(
+            "x-cnn",
+            "2",
+            [{"version": "2", "aliases": ["champion"], "gates": "passed", "metric": 0.97, "run_id": "r"}],
+        ),
+    )
 
 
 def test_report_has_every_section_and_inlines_images(tmp_path):
@@ -46,8 +65,7 @@ def test_report_has_every_section_and_inlines_images(tmp_path):
 
 
 def test_report_without_tracking_says_nothing_was_registered(tmp_path):
-    stages = _stages(tmp_path)
-    del stages["sweep"], stages["promote"]
+    stages = dataclasses.replace(_stages(tmp_path), sweep=None, promote=None)
     md, _ = write_reports(Config(), stages, tmp_path)
     assert "Tracking is off: nothing was registered." in md.read_text()
 
@@ -179,24 +197,23 @@ def _check_front_page(store: str, summary: dict) -> None:
 def test_sweep_paths_list_the_best_config():
     from pipelines.run import sweep_paths
 
-    sweep = {"best_config": "b.yaml", "results_csv": "r.csv", "plot": None, "experiment_path": "/e", "trials": []}
+    sweep = _sweep(best_config="b.yaml", results_csv="r.csv", plot=None, experiment_path="/e", trials=[])
     assert sweep_paths(sweep) == {"best_config": "b.yaml", "results_csv": "r.csv", "experiment_path": "/e"}
 
 
 def test_report_says_which_artifact_is_champion_and_which_gates_held_what_back(tmp_path):
     stages = _stages(tmp_path)
     failed = {"name": "student drop", "passed": False, "detail": "drop +5.00 points", "guards": ["student"]}
-    stages["compress"] |= {
-        "gates": [*stages["compress"]["gates"], failed],
+    compress = stages.compress.to_dict() | {
+        "gates": [*stages.compress.to_dict()["gates"], failed],
         "files": {"teacher-int8": "t8.onnx", "student": "s.onnx"},
-        "shipped": ["teacher-int8"],
         "champion": "teacher-int8",
         "student": {"family": "cnn", "params_ratio": 0.24, "epochs": 25, "gain_over_scratch": 0.74},
     }
     row = {"version": "3", "aliases": ["champion", "int8"], "gates": "passed", "model": "teacher-int8"}
-    trained = {"name": "x-cnn", "champion": "2", "versions": stages["promote"]["versions"]}
-    stages["promote"] = {"name": "x-cnn-onnx", "champion": "3", "model": "teacher-int8", "trained": trained}
-    stages["promote"]["versions"] = [row | {"metric": 0.97, "run_id": "r"}]
+    trained = PromoteResult("x-cnn", "2", stages.promote.versions)
+    promote = PromoteResult("x-cnn-onnx", "3", [row | {"metric": 0.97, "run_id": "r"}], "teacher-int8", trained=trained)
+    stages = dataclasses.replace(stages, compress=CompressResult.from_dict(compress), promote=promote)
     text = write_reports(Config(), stages, tmp_path)[0].read_text()
     assert "Champion: x-cnn-onnx version 3 (teacher-int8)." in text
     assert "champion: teacher-int8; shipped: teacher-int8; failed: student drop — not shipped: student." in text
