@@ -1,6 +1,6 @@
 """``python -m tests.integration.rank_probe ARGS`` is ``dlforge ARGS``, plus one file per rank for the tests.
 
-Each process writes ``$DLFORGE_RANK_PROBE/rank<RANK>.json`` with the test metrics *its* ``train()`` returned, so a
+Each process writes ``$DLFORGE_RANK_PROBE/rank<RANK>.json`` with the test metrics *its* train stage returned, so a
 multi-node test can compare what every rank saw (rank 1 prints nothing by design). The files go to a folder of the
 test's choosing, never into ``output_dir``.
 """
@@ -12,14 +12,15 @@ import os
 import sys
 from pathlib import Path
 
-import pipelines.train
+import pipelines.train_stage
 from pipelines.cli import main
 
-_train = pipelines.train.train
+_train_stage = pipelines.train_stage.train_stage
 
 
-def _recording_train(*args, **kwargs):
-    result = _train(*args, **kwargs)
+def _recording_train_stage(*args, **kwargs):
+    stage = _train_stage(*args, **kwargs)
+    result = stage.result  # the fit, with the run id the stage's run was given (None off rank 0 is fine)
     record = {
         "rank": int(os.environ.get("RANK", "0")),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
@@ -29,10 +30,10 @@ def _recording_train(*args, **kwargs):
     }
     folder = Path(os.environ["DLFORGE_RANK_PROBE"])
     (folder / f"rank{record['rank']}.json").write_text(json.dumps(record))
-    return result
+    return stage
 
 
-pipelines.train.train = _recording_train  # cmd_train imports it at call time, so it gets this one
+pipelines.train_stage.train_stage = _recording_train_stage  # cmd_train imports it at call time, so it gets this one
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
