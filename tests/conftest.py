@@ -29,6 +29,17 @@ def tiny(tmp_path: Path) -> list[str]:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared two-core machine small nets train several times faster than with two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def cli(capsys):
     """Run ``dlforge`` in-process; returns (exit code, stdout, stderr)."""
 

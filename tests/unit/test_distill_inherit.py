@@ -221,15 +221,6 @@ def _fit(module: L.LightningModule, x: torch.Tensor, y: torch.Tensor, epochs: in
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True))
 
 
-@pytest.fixture
-def one_thread():
-    """Small nets on a shared machine: several threads per op fight each other (one thread runs 30× faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_an_inherited_distilled_student_beats_its_scratch_twin_early(tmp_path, one_thread):
     spec = DataSpec("tabular", "classification", (10,), 3, mean=(0.0,) * 10, std=(1.0,) * 10)
     x, y = _task(1000, 0)

@@ -65,15 +65,6 @@ def default_model(family: str, spec: DataSpec) -> L.LightningModule:
     return build_model(family, spec, arch, optim)
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared two-core machine small nets train several times faster than with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize(("family", "kind"), CASES, ids=["-".join(c) for c in CASES])
 def test_default_net_beats_chance_on_a_made_up_task(family: str, kind: str, one_thread) -> None:
     rng = np.random.default_rng(0)
