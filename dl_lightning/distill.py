@@ -200,6 +200,12 @@ class DistillModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.student.on_test_epoch_start()
 
+    def on_validation_epoch_end(self) -> None:  # the student logs its val metrics here, once per epoch
+        self._as_student().on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._as_student().on_test_epoch_end()
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._as_student().validation_step(batch, batch_idx)
 

@@ -98,6 +98,7 @@ HEADLINES = {
     "train": "train one model family on a dataset (one process or DDP)",
     "tune": "sweep hyperparameters with Ray Tune and write the best config",
     "compress": "distill, ONNX-export, INT8-quantize and gate a trained model",
+    "promote": "move champion to a registered version or a job's best artifact",
     "predict": "predict with an ONNX or registered model (ONNX Runtime only)",
     "ui": "serve the MLflow dashboard of the tracking store",
     "show": "print the resolved config",
@@ -154,6 +155,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines import finetune, tracking
     from pipelines.preflight import check_data
+    from pipelines.stage_results import Upstream
     from pipelines.train import check_resources
     from pipelines.train_stage import train_stage
 
@@ -166,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.parent_run_id is None and (unused := _unused_tune_keys(cfg)):  # a pipeline's stage config holds its sweep's
         print(f"dlforge: {', '.join(unused)} unused: dlforge train never sweeps (dlforge tune or run does)", flush=True)
     resume = _resume_path(cfg, args.resume)
-    stage = train_stage(cfg, resume=resume, parent_run_id=args.parent_run_id, splits=splits)
+    stage = train_stage(cfg, Upstream(parent_run_id=args.parent_run_id), resume=resume, splits=splits)
     result, logged = stage.result, stage.logged
     if not result.is_global_zero:
         return 0
@@ -207,7 +209,7 @@ def _unused_tune_keys(cfg: Config) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines import run
     from pipelines.guards import sigterm_exits
-    from pipelines.preflight import check_data
+    from pipelines.preflight import check_data, check_warm_start
     from pipelines.train import check_resources
 
     started = time.perf_counter()
@@ -215,6 +217,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = cfg.with_overrides({"tune.enabled": False}) if args.no_sweep else cfg
     check_writable(cfg.output_dir)
     check_data(cfg)  # bad data: exit 2 before pipeline_state.json, a stage folder or a run exist
+    if cfg.tune.enabled:
+        check_warm_start(cfg)  # a tune.warm_start that names nothing: exit 2 now, not once the sweep starts
     lock_output_dir(cfg.output_dir)
     check_resources(cfg)
     run.check_pipeline(cfg)
@@ -284,7 +288,7 @@ def _print_run_link(cfg: Config, run_id: str | None, items: list[str]) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from pipelines.guards import sigterm_exits
-    from pipelines.preflight import check_data
+    from pipelines.preflight import check_data, check_warm_start
     from pipelines.run import sweep_paths
     from pipelines.sweep import format_table, load_sweep_config, sweep
     from pipelines.train import check_resources
@@ -295,6 +299,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = load_sweep_config(args.resume) if args.resume else config_from(args)
     check_writable(cfg.output_dir)
     check_data(cfg)  # before the lock, Ray and the sweep's run
+    if not args.resume:  # a resumed sweep keeps its first trials' points
+        check_warm_start(cfg)
     lock_output_dir(cfg.output_dir)
     check_resources(cfg)  # before Ray starts
     with sigterm_exits():  # exit 143 with the sweep's runs closed KILLED, not Ray's abort (134)
@@ -361,10 +367,11 @@ EXIT_GATE_FAILED = 1
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from pipelines.compression.stage import compress
+    from pipelines.compression.stage import compress_stage
     from pipelines.compression.tables import print_report
     from pipelines.guards import sigterm_exits
     from pipelines.run import compress_paths, exit_code
+    from pipelines.stage_results import Upstream
     from pipelines.train import load_data
 
     started = time.perf_counter()
@@ -377,7 +384,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     load_data(cfg.with_overrides({"model.family": _local_teacher_family(args.teacher, cfg)}))
     lock_output_dir(cfg.output_dir)
     with sigterm_exits():  # SIGTERM outside the distillation fit also closes the runs KILLED
-        result = compress(cfg, args.teacher)
+        result = compress_stage(cfg, Upstream(model=args.teacher))
     print_report(result)
     summary = write_summary(
         cfg,
@@ -420,7 +427,8 @@ def _local_teacher_family(ref: str, cfg) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipelines.predict import predict  # ONNX Runtime only: torch is not imported on this path
+    from pipelines.predict import predict_stage  # ONNX Runtime only: torch is not imported on this path
+    from pipelines.stage_results import Upstream
 
     positional = [item for item in args.items if "=" not in item]
     if len(positional) != 2:
@@ -429,9 +437,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = load_config(None, [item for item in args.items if "=" in item])  # tracking.* finds a registry model
     output = args.output or str(Path(source).with_suffix("")) + ".predictions.csv"
     check_writable(Path(output).absolute().parent, what="--output")  # before the model runs: write nothing
-    path, count = predict(model, source, output, cfg)
-    print(f"  {count} predictions → {path}")
+    result = predict_stage(cfg, Upstream(model=model), source=source, output=output)
+    print(f"  {result.rows} predictions → {result.output}")
     return 0
+
+
+PROMOTE_USAGE = (
+    "usage: dlforge promote models:/NAME/VERSION|models:/NAME@ALIAS|OUTPUT_DIR [CONFIG.yaml] [key=value ...]"
+)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipelines.promote import promote_stage, upstream_of
+    from pipelines.stage_results import Upstream
+
+    target, cfg = _promote_target(args.items)
+    if not cfg.tracking.enabled:
+        raise InputError("dlforge promote moves an alias in the model registry; drop tracking.enabled=false")
+    upstream = Upstream(model=target) if target.startswith("models:/") else upstream_of(target)
+    if not upstream.model:
+        from pipelines import tracking
+
+        tracking.connect(cfg)  # a model version names its store through cfg itself; a job's results do not
+    result = promote_stage(cfg, upstream)
+    for promoted in (result, result and result.trained):
+        if promoted and promoted.champion:
+            label = f" ({promoted.model})" if promoted.model else " (pytorch)"
+            print(f"  {'champion':<18} {promoted.name} version {promoted.champion}{label}")
+    if result is None or result.champion is None:
+        print("dlforge: no registered version has passed its own gates; champion was not moved", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    print(f"  {'uri':<18} models:/{result.name}@champion")
+    return 0
+
+
+def _promote_target(items: list[str]) -> tuple[str, Config]:
+    """The version or folder to promote, and the config naming the store: ``CONFIG.yaml`` if given, else a
+    ``dlforge run`` folder's own ``train/config.yaml`` (its model's name and store), then the overrides."""
+    files = [item for item in items if "=" not in item]
+    configs = [item for item in files if item.endswith((".yaml", ".yml"))]
+    targets = [item for item in files if item not in configs]
+    if len(targets) != 1 or len(configs) > 1:
+        raise InputError(PROMOTE_USAGE)
+    own = Path(targets[0]) / "train" / "config.yaml"
+    base = configs[0] if configs else (str(own) if own.is_file() else None)
+    return targets[0], load_config(base, [item for item in items if "=" in item])
 
 
 def _quiet_libraries(command: str) -> None:
@@ -484,6 +534,13 @@ COMMANDS: dict[str, tuple[Handler, str, dict[str, dict[str, Any]]]] = {
         cmd_predict,
         "predict with an ONNX model (ONNX Runtime only): dlforge predict MODEL.onnx|models:/NAME@ALIAS INPUT",
         {"--output": {"metavar": "FILE.csv", "help": "where to write predictions (default: INPUT.predictions.csv)"}},
+    ),
+    "promote": (
+        cmd_promote,
+        "move the registry's champion alias: dlforge promote models:/NAME/VERSION|models:/NAME@ALIAS|OUTPUT_DIR — "
+        "to the named version (refused when its own gates failed), or to the best registered version of the "
+        "artifact a dlforge compress or dlforge run output folder chose; exit 1 when nothing could be promoted",
+        {},
     ),
     "tune": (
         cmd_tune,

@@ -33,6 +33,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dl_lightning.errors import InputError, clip
+from pipelines.checkpoints import wait_for_writes
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class PreemptionCheckpoint(Callback):
             return
         try:
             trainer.save_checkpoint(self.path)
+            wait_for_writes(trainer)  # on disk before it is said to be
             if trainer.is_global_zero:
                 log.warning(
                     "SIGTERM: saved %s at epoch %d, step %d", self.path, trainer.current_epoch + 1, trainer.global_step

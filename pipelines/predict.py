@@ -32,11 +32,28 @@ from pipelines.outputs import write_text_atomic
 
 if TYPE_CHECKING:
     from pipelines.config import Config
+    from pipelines.stage_results import PredictResult, Upstream
 
 TABLES = (".csv", ".parquet", ".pq")
 MAX_EXAMPLE_VALUES = 1 << 24  # values in one example (64 MiB of float32): a 2048×2048 RGB image fits
 MAX_BATCH_VALUES = 1 << 30  # all the images of one call together (4 GiB of float32)
 IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def predict_stage(cfg: Config, upstream: Upstream, *, source: str, output: str) -> PredictResult:
+    """The predict stage (``dlforge predict``): :func:`predict` with the model upstream names — ``upstream.model``
+    (an ``.onnx`` path or ``models:/`` URI), else the promoted champion's URI. It opens no run.
+
+    Raises:
+        InputError: upstream names no model, or :func:`predict` refuses the model or the input.
+    """
+    from pipelines.stage_results import PredictResult  # here, not above: a served model carries SERVING_FILES only
+
+    model = upstream.model or (upstream.promote.uri if upstream.promote is not None else None)
+    if not model:
+        raise InputError("predict needs a model; pass MODEL.onnx or models:/NAME@ALIAS")
+    path, rows = predict(model, source, output, cfg)
+    return PredictResult(model=model, source=str(source), output=str(path), rows=rows)
 
 
 def predict(model_ref: str, source: str, output: str, cfg: Config | None = None) -> tuple[Path, int]:

@@ -6,6 +6,7 @@ so bad input never leaves a FAILED run or a half-made folder behind.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dl_lightning.data import Splits
@@ -36,6 +37,38 @@ def check_data(cfg: Config) -> Splits | UserData:
     model = build_model(cfg.model.family, splits.spec, cfg.model.arch(), optim_settings(cfg), source=cfg.data.source)
     finetune.check(cfg, model)  # init_from resolves and fits, freeze prefixes exist: before any run or folder
     return splits
+
+
+def check_warm_start(cfg: Config) -> None:
+    """``tune.warm_start`` names a readable ``sweep_results.csv`` or a sweep run that has one (the configured store).
+
+    Raises:
+        InputError: a missing file, an unknown run id, or a table without a trial or a best-metric column.
+    """
+    import yaml
+
+    from pipelines.sweep_insight import read_results, resolve_warm_start
+
+    ref = cfg.tune.warm_start
+    if not ref:
+        return
+    path = resolve_warm_start(ref, lambda run: _download_results(run, cfg))
+    try:
+        rows = read_results(path)
+    except (OSError, KeyError, ValueError, yaml.YAMLError) as exc:  # not a table, or not sweep_results'
+        raise InputError(f"tune.warm_start={ref}: cannot read it as sweep_results.csv ({type(exc).__name__})") from None
+    if not any(row["best"] is not None for row in rows):
+        raise InputError(f"tune.warm_start={ref}: no trial with a best metric in it; give another sweep's results")
+
+
+def _download_results(run_id: str, cfg: Config) -> Path | None:
+    """The sweep run's ``sweep_results.csv``, or None; a sqlite store that does not exist is not created to look."""
+    from pipelines import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    return tracking.download_run_file(run_id, "sweep/sweep_results.csv", cfg)
 
 
 def _check_datamodule_kind(cfg: Config, data: UserData) -> None:

@@ -97,6 +97,8 @@ def _student_line(student: dict[str, Any]) -> str:
     line += f"; started from the teacher's weights ({student['inherited']})" if "inherited" in student else ""
     if members := student.get("ensemble_members"):  # compress.teacher=ensemble
         line += f"; taught by the ensemble of the {len(members)} best sweep trials (its own row in the table)"
+        if (gain := student.get("gain_over_single_teacher")) is not None:
+            line += f"; ensemble-taught − taught by the teacher alone: {gain:+.2f} points"
     return line + "."
 
 

@@ -1,9 +1,10 @@
 """``dlforge run``: sweep → train (DDP) → test → register → distill → export → quantize → gates → champion → report.
 
-One MLflow parent run holds a child run per stage. Each stage runs at most once per set of inputs (see
-:mod:`pipelines.ledger`) and hands its typed result (:mod:`pipelines.stage_results`) to the next by value: paths,
-metrics, run ids — nothing looks up "the latest". The config is replaced once, after the sweep, with the best
-overrides.
+One MLflow parent run holds a child run per stage. Each stage is the function its own command calls,
+``stage(cfg, upstream) -> <Stage>Result`` (:mod:`pipelines.stage_results`), given its own folder and the results
+before it by value: paths, metrics, run ids — nothing looks up "the latest". The final fit runs as ``dlforge train``
+in a child process (DDP re-launches that command). Each stage runs at most once per set of inputs (see
+:mod:`pipelines.ledger`). The config is replaced once, after the sweep, with the best overrides.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,25 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from dl_lightning.errors import InputError
 from pipelines import tracking
-from pipelines.config import Config, TuneConfig, dump_yaml
+from pipelines.config import Config, TuneConfig
 from pipelines.ledger import StageLedger, stage_key
-from pipelines.outputs import write_text_atomic
-from pipelines.processes import run_child
-from pipelines.stage_results import PromoteResult, StageResults
+from pipelines.stage_results import PromoteResult, StageFailed, StageResults, Upstream
 
 if TYPE_CHECKING:  # the stages' modules import torch: looked up when a stage runs
     from pipelines.compression.results import CompressResult
     from pipelines.sweep import SweepResult
-    from pipelines.train_stage import TrainStageResult
 
-CHAMPION = "champion"
 QUICK = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"
-
-
-class StageFailed(RuntimeError):
-    """A stage ended without a usable result (its own output says why); the CLI prints it and exits 1."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -67,149 +57,92 @@ def run_pipeline(cfg: Config, *, force: bool = False) -> PipelineResult:
     with tracking.job_run(cfg, kind="pipeline", name=_run_name(cfg), run_id=ledger.run_id) as parent:
         ledger.run_id = parent
         ledger.save()
-        stages = _run_stages(cfg, ledger, parent, out, timings)
+        stages = _run_stages(cfg, ledger, Upstream(parent_run_id=parent), out, timings)
         report_md, report_html = _report(cfg, stages, out, parent)
     return PipelineResult(str(out), parent, stages, ledger.skipped, str(report_md), str(report_html), timings)
 
 
-def _run_stages(cfg: Config, ledger: StageLedger, parent: str | None, out: Path, timings: dict) -> StageResults:
-    from pipelines.train_stage import TrainStageResult
+def _run_stages(cfg: Config, ledger: StageLedger, upstream: Upstream, out: Path, timings: dict) -> StageResults:
+    """Each stage once, as ``stage(cfg, upstream)``: its config in its own folder under ``out``, and ``upstream``
+    grown by each result. A stage is keyed by the (unstaged) config and the results it reads."""
+    from pipelines.compression.results import CompressResult
+    from pipelines.compression.stage import compress_stage
+    from pipelines.promote import promote_stage
+    from pipelines.train_stage import TrainStageResult, train_in_child
 
-    def timed(name: str, key: str, work, kind: type) -> Any:
+    def timed(name: str, key: str, work: Callable[[], Any], kind: type) -> Any:
         started = time.perf_counter()
         result = ledger.once(name, key, work, kind)
         timings[name] = round(time.perf_counter() - started, 2)
         _say(f"stage {name}: {'skipped (done before)' if name in ledger.skipped else 'done'} ({timings[name]}s)")
         return result
 
-    sweep = None
-    if cfg.tune.enabled:
-        from pipelines.sweep import SweepResult
-
-        sweep_key = stage_key(cfg.to_dict())
-        resume_sweep = ledger.started_with("sweep", sweep_key)
-        work = lambda: sweep_stage(cfg, out / "sweep", parent, key=sweep_key, resume=resume_sweep)  # noqa: E731
-        sweep = timed("sweep", sweep_key, work, SweepResult)
+    sweep = _sweep_once(cfg, ledger, upstream, out, timed) if cfg.tune.enabled else None
+    upstream = upstream.then(sweep=sweep)
     best = cfg.with_overrides(sweep.best_overrides) if sweep is not None else cfg
-    train_key = stage_key(best.to_dict())
-    resume = ledger.started_with("train", train_key)
-    train = timed("train", train_key, lambda: train_stage(best, out / "train", parent, resume=resume), TrainStageResult)
-    compress = _compress_once(best, train, sweep, out, parent, timed)
-    promote_key = stage_key(train, compress)
-    promote = timed("promote", promote_key, lambda: promote_stage(best, train, compress), PromoteResult)
+    key = stage_key(best.to_dict())
+    resume = ledger.started_with("train", key)
+    work = lambda: train_in_child(_staged(best, out, "train"), upstream, resume=resume)  # noqa: E731
+    train = timed("train", key, work, TrainStageResult)
+    upstream = upstream.then(train=train)
+    work = lambda: _printed(compress_stage(_staged(best, out, "compress"), upstream))  # noqa: E731
+    compress = timed("compress", stage_key(best.to_dict(), train), work, CompressResult)
+    upstream = upstream.then(compress=compress)
+    promote = timed("promote", stage_key(train, compress), lambda: promote_stage(best, upstream), PromoteResult)
     return StageResults(train=train, compress=compress, sweep=sweep, promote=promote)
 
 
-def _compress_once(
-    best: Config, train: TrainStageResult, sweep: SweepResult | None, out: Path, parent: str | None, timed: Callable
-) -> CompressResult:
-    """The compress stage through ``timed`` (the ledger), keyed by the config and the trained model."""
-    from pipelines.compression.results import CompressResult
+def _sweep_once(cfg: Config, ledger: StageLedger, upstream: Upstream, out: Path, timed: Callable) -> SweepResult:
+    """The sweep stage through ``timed`` (the ledger), keyed by the config; an interrupted one is continued."""
+    from pipelines.sweep import SweepResult
 
-    key = stage_key(best.to_dict(), train)
-    work = lambda: compress_stage(best, train, out / "compress", parent, sweep)  # noqa: E731
-    return timed("compress", key, work, CompressResult)
-
-
-# ---------------------------------------------------------------- stages
+    key = stage_key(cfg.to_dict())
+    resume = ledger.started_with("sweep", key)
+    work = lambda: sweep_stage(_staged(cfg, out, "sweep"), upstream, key=key, resume=resume)  # noqa: E731
+    return timed("sweep", key, work, SweepResult)
 
 
-def sweep_stage(cfg: Config, out: Path, parent: str | None, *, key: str, resume: bool) -> SweepResult:
-    """The sweep in ``<out>/tune/sweep-<key>``: named by its inputs, so an interrupted pipeline finds it again.
+def _staged(cfg: Config, out: Path, stage: str) -> Config:
+    """``cfg`` writing into the stage's own folder ``<out>/<stage>``."""
+    return cfg.with_overrides({"output_dir": str(out / stage)})
+
+
+# ---------------------------------------------------------------- the sweep, as the pipeline continues it
+
+
+def sweep_stage(cfg: Config, upstream: Upstream, *, key: str, resume: bool) -> SweepResult:
+    """The sweep stage in ``<output_dir>/tune/sweep-<key>``: named by its inputs, so an interrupted pipeline finds
+    it again.
 
     ``resume``: this stage was interrupted with the same config; its finished trials are kept and unfinished ones
     continue from their checkpoints (the folder is verified as dlforge's own before Ray reads it).
+
+    Raises:
+        StageFailed: no trial finished.
     """
     from pipelines.sweep import experiment_path, format_table, sweep
     from tune.sweep import is_experiment
 
-    staged = cfg.with_overrides({"output_dir": str(out)})
     name = f"sweep-{key[:12]}"
-    folder = experiment_path(staged, name)
+    folder = experiment_path(cfg, name)
     if resume and is_experiment(str(folder)):
         _say(f"continuing the interrupted sweep in {folder}")
-        result = sweep(staged, resume=str(folder), parent_run_id=parent)
+        result = sweep(cfg, upstream, resume=str(folder))
     else:
         shutil.rmtree(folder, ignore_errors=True)  # left by a run this ledger no longer continues (--force)
-        result = sweep(staged, parent_run_id=parent, experiment=name)
+        result = sweep(cfg, upstream, experiment=name)
     print(format_table(result), flush=True)
     if result.best_trial is None:
         raise StageFailed("the sweep finished no trial; see the trials table above")
     return result
 
 
-def train_stage(cfg: Config, out: Path, parent: str | None, *, resume: bool) -> TrainStageResult:
-    """The final fit in a child process: under DDP Lightning re-launches *that* command per rank, not the pipeline.
-
-    ``resume``: this stage was interrupted with the same config, so its last checkpoint is continued.
-    """
-    staged = cfg.with_overrides({"output_dir": str(out), "tracking.register": cfg.tracking.enabled})
-    config_file = write_text_atomic(out / "config.yaml", dump_yaml(staged))
-    command = [sys.executable, "-m", "pipelines", "train", str(config_file)]
-    command += ["--parent-run-id", parent] if parent else []
-    command += ["--resume", "auto"] if resume else []
-    if run_child(command) != 0:  # the child dies with this process; SIGTERM here is forwarded to it and waited for
-        raise StageFailed(f"training failed; its output is above and in {out}")
-    from pipelines.train_stage import TrainStageResult
-
-    return TrainStageResult.from_summary(_read_json(out / "summary.json"))  # the child's outcome, read here only
-
-
-def compress_stage(
-    cfg: Config, trained: TrainStageResult, out: Path, parent: str | None, sweep: SweepResult | None = None
-) -> CompressResult:
-    from pipelines.compression.stage import compress
+def _printed(result: CompressResult) -> CompressResult:
+    """The compress stage's table on the terminal, as ``dlforge compress`` prints it."""
     from pipelines.compression.tables import print_report
-    from pipelines.compression.teacher import ensemble_members
 
-    teacher = trained.result.best_checkpoint or trained.result.last_checkpoint
-    ensemble = cfg.compress.teacher == "ensemble" and sweep is not None
-    members = ensemble_members(sweep.to_dict(), cfg.compress.ensemble_k) if ensemble else []  # type: ignore[union-attr]
-    result = compress(cfg.with_overrides({"output_dir": str(out)}), teacher, parent_run_id=parent, members=members)
     print_report(result)
     return result
-
-
-def promote_stage(cfg: Config, trained: TrainStageResult, compressed: CompressResult) -> PromoteResult | None:
-    """Move ``champion`` to the shipped artifact; record the teacher's own gates on the trained PyTorch version.
-
-    The ONNX model's ``champion`` goes to the best registered version (test metric) of the artifact the compress
-    stage chose — the first of ``compress.register``'s preference order whose own gates passed — so a failing
-    student never blocks a passing teacher INT8. The trained PyTorch version carries the teacher's gates (its
-    export's parity), and its model's ``champion`` moves to its best passing version. ``None`` with tracking off.
-    """
-    version = trained.logged.model_version
-    if version is None:
-        return None
-    name = tracking.registered_model_name(cfg)
-    teacher_ok = _teacher_passed(compressed)
-    tracking.tag_model_version(name, version, {"dlforge.gates": "passed" if teacher_ok else "failed"})
-    pytorch = PromoteResult.from_listing(
-        tracking.promote_best(name, CHAMPION, metric=_test_metric(trained), mode=_mode(trained))
-    )
-    registered, chosen = compressed.registered or {}, compressed.champion
-    if not registered or chosen is None:
-        return dataclasses.replace(pytorch, champion=None, trained=pytorch)
-    onnx = tracking.promote_best(
-        registered["name"], CHAMPION, metric=compressed.metric, mode=_mode(trained), where={"dlforge.model": chosen}
-    )
-    uri = f"models:/{onnx['name']}@{CHAMPION}" if onnx["champion"] else None
-    return PromoteResult.from_listing(onnx, model=chosen if onnx["champion"] else None, uri=uri, trained=pytorch)
-
-
-def _teacher_passed(compressed: CompressResult) -> bool:
-    """Whether every gate guarding the teacher's (or generator's) fp32 file passed."""
-    roles = {"teacher", "generator"}
-    return all(g.passed for g in compressed.gates if not g.guards or roles & set(g.guards))
-
-
-def _test_metric(trained: TrainStageResult) -> str:
-    metrics = trained.result.metrics
-    return next((m for m in ("test/acc", "test/mse", "test/g_loss") if m in metrics), sorted(metrics)[0])
-
-
-def _mode(trained: TrainStageResult) -> str:
-    return "max" if _test_metric(trained).endswith("acc") else "min"
 
 
 # ---------------------------------------------------------------- report
@@ -231,12 +164,6 @@ def _report(cfg: Config, stages: StageResults, out: Path, parent: str | None) ->
 
 def _run_name(cfg: Config) -> str:
     return f"pipeline {cfg.model.family} {tracking.dataset_name(cfg.data.source)}"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise StageFailed(f"{path} was not written; the stage did not finish")
-    return json.loads(path.read_text())
 
 
 def _say(line: str) -> None:

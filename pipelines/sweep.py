@@ -34,6 +34,7 @@ from pipelines import tracking
 from pipelines.config import Config, ConfigError, all_keys, build_config, dump_yaml
 from pipelines.outputs import write_json_atomic, write_text_atomic
 from pipelines.preflight import check_data
+from pipelines.stage_results import NO_UPSTREAM, Upstream
 from pipelines.sweep_insight import insight, read_results, resolve_warm_start, warm_start_points
 from pipelines.train import resolve_monitor, train
 from tune.settings import DEFAULT_SPACE, SweepJob
@@ -196,19 +197,20 @@ def _single_process() -> dict[str, Any]:
 
 
 def sweep(
-    cfg: Config, *, resume: str | None = None, parent_run_id: str | None = None, experiment: str | None = None
+    cfg: Config, upstream: Upstream = NO_UPSTREAM, *, resume: str | None = None, experiment: str | None = None
 ) -> SweepResult:
-    """Run the sweep of ``cfg.tune`` (or continue the one in ``resume``) and write its outputs.
+    """The sweep stage: run the sweep of ``cfg.tune`` (or continue the one in ``resume``) and write its outputs.
 
     Args:
+        upstream: its ``parent_run_id`` (the pipeline's run) nests the sweep's run; a sweep reads nothing else.
         resume: the ``experiment_path`` of an interrupted sweep (``cfg`` must be its ``load_sweep_config``): its
             parent run continues, finished trials are kept, unfinished ones go on from their last checkpoint.
-        parent_run_id: nest the sweep's run under this one (the pipeline's).
         experiment: the name of a new sweep's folder under the storage path (default: time-stamped).
     """
     from tune.sweep import run_sweep  # imports Ray: only once the input is known to be good
 
     started = time.perf_counter()
+    parent_run_id = upstream.parent_run_id
     saved = _load_state(resume) if resume else None
     plan = plan_sweep(cfg)
     job = sweep_job(cfg, plan, experiment=Path(resume).name if resume else experiment)

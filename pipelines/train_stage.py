@@ -1,8 +1,10 @@
 """The train stage: one fit in one tracking run, and what the run keeps of it.
 
-``train_stage(cfg, ...)`` is what ``dlforge train`` does around ``train()``: it checks a checkpoint to resume from,
-opens the job's run (continuing the checkpoint's run), fits with tracking's callbacks, and logs the result and the
-weights' lineage. ``dlforge run`` reaches it through the CLI in a child process, which DDP's relaunch needs.
+``train_stage(cfg, upstream)`` is what ``dlforge train`` does around ``train()``: it checks a checkpoint to resume
+from, opens the job's run (continuing the checkpoint's run), fits with tracking's callbacks, and logs the result and
+the weights' lineage. ``dlforge run`` reaches the same function through ``dlforge train`` in a child process
+(:func:`train_in_child`), which DDP's relaunch needs, and reads the child's ``summary.json`` back in one place
+(:meth:`TrainStageResult.from_summary`).
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dl_lightning.errors import clip
 from pipelines import finetune, guards, review, tracking
-from pipelines.config import Config
+from pipelines.config import Config, dump_yaml
+from pipelines.outputs import write_text_atomic
+from pipelines.processes import run_child
+from pipelines.stage_results import NO_UPSTREAM, StageFailed, Upstream
 
 if TYPE_CHECKING:
     from dl_lightning.data import Splits
@@ -83,25 +89,27 @@ class TrainStageResult:
 
 
 def train_stage(
-    cfg: Config, *, resume: str | None = None, parent_run_id: str | None = None, splits: Splits | None = None
+    cfg: Config, upstream: Upstream = NO_UPSTREAM, *, resume: str | None = None, splits: Splits | None = None
 ) -> TrainStageResult:
-    """Fit ``cfg`` in its own run and log the result; the run ends FINISHED, FAILED or KILLED with the fit.
+    """The train stage: fit ``cfg`` in its own run and log the result; the run ends FINISHED, FAILED or KILLED with
+    the fit.
 
     Args:
+        upstream: its ``parent_run_id`` (the pipeline's run) nests this run; the config already holds the sweep's
+            choice, so nothing else is read.
         resume: a checkpoint to continue from: refused when it unpickles code or does not fit the config; its run
             (when it records one) is continued.
-        parent_run_id: nest the run under a pipeline run.
         splits: the config's data, already loaded and checked (``pipelines.preflight.check_data``).
     """
     from pipelines.preflight import check_resume_fits
     from pipelines.train import train  # looked up per call: importing this stage needs no torch
 
+    parent_run_id = upstream.parent_run_id
     if resume:
         guards.check_checkpoint(resume)  # weights_only: a hostile pickle is refused before anything loads it
         check_resume_fits(cfg, splits, resume)  # another architecture or data: one line, not a size-mismatch trace
-    continued = tracking.run_id_from_checkpoint(resume) if cfg.tracking.enabled else None
     # The run opens on a thread while the fit starts: importing mlflow and opening its store take seconds.
-    run = tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=parent_run_id, background=True)
+    run = tracking.job_run(cfg, kind="train", resume_from=resume, parent_run_id=parent_run_id, background=True)
     with guards.sigterm_exits(), run as opening:
         callbacks = tracking.lightning_callbacks(cfg, opening)
         result = train(cfg, resume=resume, callbacks=callbacks, splits=splits)
@@ -113,6 +121,29 @@ def train_stage(
         if result.is_global_zero:
             finetune.log_lineage(cfg, run_id, result.extra, logged.model_version)  # where the weights came from
     return TrainStageResult(result, logged)
+
+
+def train_in_child(cfg: Config, upstream: Upstream = NO_UPSTREAM, *, resume: bool = False) -> TrainStageResult:
+    """The train stage in a child ``dlforge train``: under DDP Lightning re-launches *that* command per rank, not
+    the pipeline. Its config is written to ``<output_dir>/config.yaml``; the model is registered when tracked.
+
+    ``resume``: this stage was interrupted with the same config, so its last checkpoint is continued.
+
+    Raises:
+        StageFailed: the child exited non-zero or wrote no ``summary.json``.
+    """
+    out = Path(cfg.output_dir)
+    staged = cfg.with_overrides({"tracking.register": cfg.tracking.enabled})
+    config_file = write_text_atomic(out / "config.yaml", dump_yaml(staged))
+    command = [sys.executable, "-m", "pipelines", "train", str(config_file)]
+    command += ["--parent-run-id", upstream.parent_run_id] if upstream.parent_run_id else []
+    command += ["--resume", "auto"] if resume else []
+    if run_child(command) != 0:  # the child dies with this process; SIGTERM here is forwarded to it and waited for
+        raise StageFailed(f"training failed; its output is above and in {out}")
+    summary = out / "summary.json"
+    if not summary.is_file():
+        raise StageFailed(f"{summary} was not written; the stage did not finish")
+    return TrainStageResult.from_summary(json.loads(summary.read_text()))  # the child's outcome, read here only
 
 
 def log_train_result(

@@ -32,15 +32,18 @@ def tiny_spec(
     task: Task | None = None,
     input_shape: tuple[int, ...] | None = None,
     num_outputs: int | None = None,
+    standardized: bool = False,
     **changes: Any,
 ) -> DataSpec:
     """The small spec of ``kind``, with ``task``, ``input_shape`` or ``num_outputs`` changed when given.
 
     ``mean``/``std`` are constant and as long as the spec's features (tabular, sequence) or channels (image), so they
-    follow ``input_shape``; text has none and takes ``VOCAB``. ``changes`` (``class_names``, ``mean``, ``std``, ...)
+    follow ``input_shape``; ``standardized``: 0 and 1, for a test that feeds standard-normal data and wants the net to
+    see it unchanged. Text has none and takes ``VOCAB``. ``changes`` (``class_names``, ``mean``, ``std``, ...)
     replace fields last.
     """
     default_task, default_shape, default_outputs, mean, std = _DEFAULTS[kind]
+    mean, std = (0.0, 1.0) if standardized else (mean, std)
     shape = tuple(int(d) for d in (input_shape or default_shape))
     width = 0 if kind == "text" else (shape[0] if kind == "image" else shape[-1])
     spec = DataSpec(

@@ -65,6 +65,7 @@ class EpochReporter(Callback):
             return
         with tempfile.TemporaryDirectory(prefix="dlforge-ckpt-") as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)  # collective under DDP: every rank calls
+            _wait_for_writes(trainer)  # Tune copies the folder when it is reported
             _report(metrics, folder if trainer.is_global_zero else None)
 
 
@@ -132,6 +133,13 @@ def trial_callbacks(
 def _finite_or_nan(value: float) -> float:
     """Inf reported as NaN: a diverged trial must look bad to every scheduler, whichever way its metric points."""
     return value if math.isfinite(value) else float("nan")
+
+
+def _wait_for_writes(trainer: L.Trainer) -> None:
+    """A checkpoint writer that works in the background (dlforge's) is waited for; others have written already."""
+    wait = getattr(trainer.strategy.checkpoint_io, "wait", None)
+    if wait is not None:
+        wait()
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:

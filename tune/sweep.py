@@ -193,6 +193,10 @@ def start_local_ray() -> None:
 
     Its processes listen on 127.0.0.1 only: a local sweep has no other node to talk to, and Ray's ports on every
     interface would let anyone on the network submit work to it.
+
+    No idle workers are prestarted: Ray prestarts one per CPU with an empty runtime environment, and Tune creates
+    every trial actor with one of its own (``PL_DISABLE_FORK=1``, ``ray/tune/execution/class_cache.py``), so they
+    were never used — two more processes starting Python and Ray just as the trials' processes start.
     """
     with _loopback_node():
         ray.init(
@@ -201,6 +205,7 @@ def start_local_ray() -> None:
             log_to_driver=False,
             logging_level=logging.WARNING,
             _node_ip_address=LOOPBACK,
+            _system_config={"prestart_worker_first_driver": False},
         )
 
 

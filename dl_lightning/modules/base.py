@@ -52,10 +52,13 @@ class RunningMean(Metric):
 
     def add(self, total: torch.Tensor, count: int) -> None:
         """Add ``count`` values whose sum is ``total`` (a 0-d tensor; detached)."""
-        self.total += total.detach()
-        self.count += count
-        self._update_count += 1  # what Metric.update's wrapper records: compute() then knows it has data
-        self._computed = None
+        self.total.add_(total.detach())  # in place: no attribute assignment through nn.Module's __setattr__
+        self.count.add_(count)
+        # what Metric.update's wrapper records (compute() then knows it has data and recomputes); plain attributes
+        # live in __dict__, so writing there skips the Module and Metric __setattr__ checks, ~10 µs a step
+        state = self.__dict__
+        state["_update_count"] += 1
+        state["_computed"] = None
 
     def update(self, values: torch.Tensor) -> None:
         """Add every element of ``values``."""
@@ -158,6 +161,8 @@ class SupervisedModule(FamilyModule):
         # mean (dropping it would hide a diverged validation).
         self.train_loss, self.val_loss, self.test_loss = (RunningMean() for _ in STAGES)
         self._logged: set[str] = set()  # stages whose metric objects are registered with Lightning this epoch
+        # val/test batches' metric inputs, handed to the metric set in one update at the epoch's end
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         # data.class_weights=balanced: derived from the train split at build time; not persistent, so checkpoints
         # keep their tensors and a resumed fit recomputes the same weights from the same split
         self.register_buffer("class_weight", None, persistent=False)
@@ -187,9 +192,17 @@ class SupervisedModule(FamilyModule):
 
     def on_validation_epoch_start(self) -> None:
         self._logged.discard("val")
+        self._outputs["val"].clear()
+
+    def on_validation_epoch_end(self) -> None:
+        self._update_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self._logged.discard("test")
+        self._outputs["test"].clear()
+
+    def on_test_epoch_end(self) -> None:
+        self._update_metrics("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch
@@ -197,7 +210,8 @@ class SupervisedModule(FamilyModule):
         return out.softmax(dim=1) if self.classification else out.squeeze(1)
 
     def _data_loss(self, batch: Any, stage: str) -> torch.Tensor:
-        """Data loss of one batch; updates the stage's metric objects, which Lightning computes once per epoch."""
+        """Data loss of one batch; keeps what the stage's metrics need (train: running sums; val/test: the batch's
+        outputs, handed to the metric set at the epoch's end)."""
         x, y = batch[0], batch[1]
         out = self(x)  # (B, K)
         if self.classification:
@@ -214,8 +228,25 @@ class SupervisedModule(FamilyModule):
                 self.train_score.add((pred.detach() - y).square().sum(), len(y))
                 return loss
             inputs = (pred, y)
-        getattr(self, f"{stage}_metrics").update(*inputs)
+        self._outputs[stage].append(inputs)
         return loss
+
+    def _update_metrics(self, stage: str) -> None:
+        """Update the stage's metric set once with all of the epoch's batches, then log its values and reset it.
+
+        One update per epoch instead of one per batch: each torchmetrics update checks its inputs and does its
+        bookkeeping per call, six metrics at a time — per batch that was most of what validation cost beyond
+        the forward passes. The values are the same; every rank updates its own and compute() syncs them.
+        """
+        outputs, self._outputs[stage] = self._outputs[stage], []
+        if not outputs:
+            return
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        metrics.update(*(torch.cat(parts) for parts in zip(*outputs, strict=True)))
+        # compute() syncs the states across ranks, so every rank logs the same values; sync_dist averages those
+        # equal values (one all-reduce each) and keeps Lightning from warning that epoch values are unsynced
+        self.log_dict(metrics.compute(), sync_dist=True)
+        metrics.reset()
 
     def _track(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
         """Add the batch's loss to the stage's mean; hand the stage's metric objects to Lightning once per epoch.
@@ -229,7 +260,8 @@ class SupervisedModule(FamilyModule):
         if stage in self._logged:
             return
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True)
-        self.log_dict(getattr(self, f"{stage}_metrics"), on_step=False, on_epoch=True)
+        if stage == "train":  # val/test metric sets are logged by _update_metrics at their epoch's end
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         self._logged.add(stage)
 
     def configure_optimizers(self) -> Any:

@@ -1,4 +1,4 @@
-"""Transformer encoder over sequences ``(T, F)`` or token ids ``(T,)``, mean-pooled per example."""
+"""Transformer encoder over sequences ``(T, F)`` or token ids ``(T,)``, mean-pooled per example (text: real tokens)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,19 @@ def sinusoidal_table(length: int, d_model: int) -> torch.Tensor:
     return table
 
 
+def padding_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` True where a key is padding (token id 0), the first position never: no row is all masked."""
+    first = torch.arange(tokens.shape[1], device=tokens.device) == 0  # (T,)
+    return (tokens == 0) & ~first  # (B, T)
+
+
 class TransformerNet(nn.Module):
     """Input ``(B, T, F)`` raw features or ``(B, T)`` int64 token ids → ``(B, num_outputs)``.
 
-    Text attends over every position, padding included: no key-padding mask keeps the exported graph plain
-    and an all-padding example finite (a fully masked softmax row is NaN). Padding never reaches the pooled
-    summary, because the mean skips it.
+    Text attends only to real tokens, as a plain script's encoder does: a key-padding mask hides the padding
+    (token id 0), so a short sentence's summary is not diluted by up to ``max_len`` padding positions carrying
+    nothing but the position table. The first position is never masked, so an all-padding example stays finite
+    (a fully masked softmax row is NaN). The pooled summary is the mean over real tokens.
     """
 
     def __init__(
@@ -48,6 +55,7 @@ class TransformerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x if self.text else self.norm(x))  # (B, T, d_model)
-        h = self.encoder(self.dropout(h + self.position))  # (B, T, d_model)
+        pad = padding_mask(x) if self.text else None  # (B, T) or None
+        h = self.encoder(self.dropout(h + self.position), src_key_padding_mask=pad)  # (B, T, d_model)
         pooled = masked_mean(h, x) if self.text else h.mean(dim=1)  # (B, d_model)
         return self.head(pooled)  # (B, num_outputs)

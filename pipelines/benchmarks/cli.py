@@ -11,7 +11,7 @@ from pipelines.outputs import check_writable
 
 NAMES = (
     *("loop", "tracking", "process", "gpu", "ddp", "sweeps", "compression", "distill", "input", "main_job", "quality"),
-    *("transfer", "imbalance"),
+    *("transfer", "imbalance", "ensemble"),
 )
 BENCH_HELP = "run the benchmarks (side-by-side ratios, median of repeats) and write <out>.json and <out>.md"
 BENCH_FLAGS: dict[str, dict[str, Any]] = {

@@ -105,3 +105,82 @@ def text(folder: Path, n: int = 0, seed: int = 0) -> str:
 def _save(image: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+
+
+# ---------------------------------------------------------------- held out: never in the section's table
+# Sets a family's default is checked on after a change made for the section, so that no default is tuned to the
+# section's own data (house rule); not in ``quality.DATASETS``.
+
+THINGS = {
+    "kitchen": ("oven", "kettle", "blender", "toaster", "pan", "fridge", "grater", "whisk"),
+    "garden": ("hose", "rake", "mower", "shears", "shed", "sprinkler", "trowel", "wheelbarrow"),
+}
+PRAISE = ("great", "reliable", "sturdy", "excellent", "handy", "quiet", "solid", "lovely")
+COMPLAINT = ("broken", "flimsy", "useless", "noisy", "awful", "leaky", "wobbly", "cheap")
+FILLERS = (
+    "i bought it last week",
+    "my neighbour has one too",
+    "it arrived on a tuesday",
+    "the box was bigger than i thought",
+    "i use it most weekends",
+    "it was a present from my sister",
+    "i keep it next to the {other}",
+    "the shop also sold me a {other}",
+)
+
+
+def review_sentences(folder: Path, n: int = 1500, seed: int = 0) -> str:
+    """A CSV (``text``, ``target``) of made-up product reviews in four classes, topic × verdict (kitchen or garden,
+    praise or complaint). The verdict is the adjective's, flipped by a ``not`` before it half the time, so word
+    order matters; fillers name things of the other topic, so single words do not give the topic away."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        topic, praise = ("kitchen", "garden")[i % 2], (i // 2) % 2 == 0
+        other = "garden" if topic == "kitchen" else "kitchen"
+        negated = rng.random() < 0.5
+        adjective = rng.choice(PRAISE if praise != negated else COMPLAINT)
+        words = f"the {rng.choice(THINGS[topic])} is {'not ' if negated else ''}{adjective}"
+        fillers = [f.format(other=rng.choice(THINGS[other])) for f in rng.choice(FILLERS, rng.integers(1, 4))]
+        parts = [words, *fillers]
+        rng.shuffle(parts)
+        rows.append((" and ".join(parts), f"{topic}-{'praise' if praise else 'complaint'}"))
+    path = folder / "reviews.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import pandas as pd
+
+    pd.DataFrame(rows, columns=["text", "target"]).to_csv(path, index=False)
+    return str(path)
+
+
+# none of builtin:python_docs' four topics
+OTHER_TOPICS = (
+    "formatstrings",
+    "string-methods",
+    "typesseq",
+    "execmodel",
+    "assignment",
+    "comparisons",
+    "import",
+    "try",
+)
+
+
+def python_topics(folder: Path, n: int = 0, seed: int = 0) -> str:
+    """A CSV (``text``, ``target``) of the sentences of eight other topics of Python's reference manual (``pydoc_data``,
+    shipped with CPython): real text, none of it in ``builtin:python_docs``. ``n`` and ``seed`` are unused."""
+    import re
+    from pydoc_data.topics import topics
+
+    import pandas as pd
+
+    rows = [
+        (" ".join(sentence.split()), topic)
+        for topic in OTHER_TOPICS
+        for sentence in re.split(r"(?<=[.!?])\s+", topics[topic])
+        if 6 <= len(sentence.split()) <= 60
+    ]
+    path = folder / "python_topics.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["text", "target"]).to_csv(path, index=False)
+    return str(path)

@@ -28,6 +28,7 @@ BENCHMARKS = {
     "quality": "pipelines.benchmarks.quality",
     "transfer": "pipelines.benchmarks.transfer",
     "imbalance": "pipelines.benchmarks.imbalance",
+    "ensemble": "pipelines.benchmarks.ensemble",
 }
 
 

@@ -4,27 +4,32 @@ On small nets INT8 is often slower than ONNX fp32 (docs/benchmarks.md), and ONNX
 not at all (GRU: neither recipe), so no fixed recipe is right for every model. :func:`autotune` measures fp32 ONNX,
 dynamic INT8 and static QDQ INT8 (per-tensor and per-channel, each calibration method) on the same probe, keeps only
 variants whose heavy ops really are INT8 (:func:`~pipelines.compression.quantization.census`) and whose accuracy
-drop passes ``compress.max_int8_drop``, rescues a failing variant by keeping its last (then first and last) heavy
-layer in float, and returns every attempt with the winner: the fastest passing variant, fp32 included.
+drop passes ``compress.max_int8_drop``, rescues a failing variant by keeping in float the heavy nodes that hurt most
+(:func:`rank_nodes`, ORT's ``qdq_loss_debug`` on the calibration batches: the worst one, then the worst two, …; where
+no ranking can be made, its last, then first and last, layer), and returns every attempt with the winner: the fastest
+passing variant, fp32 included.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from dl_lightning.errors import clip
 from pipelines import export
 from pipelines.compression.gates import metric_gate
 from pipelines.compression.measure import LATENCY_BATCHES, Probe, measure_onnx, onnx_latency
-from pipelines.compression.quantization import census, quantize_onnx
+from pipelines.compression.quantization import census, heavy_nodes, prepare_for_quantization, quantize_onnx
 from pipelines.compression.results import Row
 from pipelines.config import Config
 
@@ -38,7 +43,7 @@ class Variant:
     recipe: str  # none | dynamic | static
     per_channel: bool = False
     method: str = "minmax"  # static calibration: minmax | entropy | percentile
-    keep_float: tuple[str, ...] = ()  # "first" / "last" heavy layer left in float
+    keep_float: tuple[str, ...] = ()  # "first" / "last" heavy layer, or heavy nodes by name, left in float
 
     @property
     def label(self) -> str:
@@ -47,11 +52,18 @@ class Variant:
             return "fp32"
         text = self.recipe + (" per-channel" if self.per_channel else " per-tensor")
         text += f" {self.method}" if self.recipe == "static" else ""
-        return text + (f"; {'/'.join(self.keep_float)} layer fp32" if self.keep_float else "")
+        if set(self.keep_float) <= set(ENDS):
+            return text + (f"; {'/'.join(self.keep_float)} layer fp32" if self.keep_float else "")
+        return text + f"; {', '.join(self.keep_float)} fp32 (worst by qdq_loss_debug)"
 
     @property
     def slug(self) -> str:
-        return "-".join([self.recipe, "pc" if self.per_channel else "pt", self.method, *self.keep_float])
+        named = set(self.keep_float) - set(ENDS)  # node names may hold "/" or "::": counted, not spelled
+        kept = list(self.keep_float) if not named else [f"worst{len(self.keep_float)}"]
+        return "-".join([self.recipe, "pc" if self.per_channel else "pt", self.method, *kept])
+
+
+ENDS = ("first", "last")
 
 
 # the order of trial: cheapest first, so a tight budget still sees both recipes
@@ -64,7 +76,8 @@ VARIANTS = (
     Variant("static", False, "entropy"),
     Variant("static", False, "percentile"),
 )
-RESCUES = (("last",), ("first", "last"))  # what a variant that failed its gate keeps in float, in turn
+RESCUES = (("last",), ("first", "last"))  # what a failed variant keeps in float in turn when no ranking can be made
+RANKED_RESCUES = 3  # at most the 1, 2, 3 worst nodes by rank_nodes left in float, in turn
 
 
 @dataclass(frozen=True)
@@ -108,17 +121,112 @@ def autotune(cfg: Config, fp32: Path, fp32_row: Row, role: str, probe: Probe, fo
     base = Attempt("fp32", "passed", "the exported graph", fp32_row.size_bytes, fp32_row.metric, fp32_row.latency_ms)
     attempts = [dataclasses.replace(base, speed=1.0, file=str(fp32), options=dataclasses.asdict(Variant("none")))]
     for variant in VARIANTS:
-        for rescue in ((), *RESCUES):
-            if time.monotonic() > deadline:
-                attempts.append(Attempt(dataclasses.replace(variant, keep_float=rescue).label, "skipped", "budget"))
-                break
-            attempt = _attempt(cfg, dataclasses.replace(variant, keep_float=rescue), fp32, base, role, probe, folder)
-            attempts.append(attempt)
-            if attempt.status != "failed gate" or probe.task is None:
-                break  # only an accuracy failure is worth a rescue
+        if time.monotonic() > deadline:
+            attempts.append(Attempt(variant.label, "skipped", "budget"))
+            continue
+        attempt = _attempt(cfg, variant, fp32, base, role, probe, folder)
+        attempts.append(attempt)
+        if attempt.status == "failed gate" and probe.task is not None:  # only an accuracy failure is worth a rescue
+            attempts += _rescue(cfg, variant, fp32, base, role, probe, folder, deadline)
     tuning = _choose(attempts)
     _keep_only(tuning.chosen, attempts)
     return tuning
+
+
+def _rescue(
+    cfg: Config, variant: Variant, fp32: Path, base: Attempt, role: str, probe: Probe, folder: Path, deadline: float
+) -> list[Attempt]:
+    """``variant`` again with the worst 1, 2, … nodes of :func:`rank_nodes` in float (never all of them), else with
+    ``RESCUES``; until one attempt does not fail its gate or the budget ends."""
+    if time.monotonic() > deadline:
+        return [Attempt(dataclasses.replace(variant, keep_float=RESCUES[0]).label, "skipped", "budget")]
+    ranked = [name for name, _ in rank_nodes(fp32, variant, probe.calibration, folder / "autotune")]
+    rescues = [tuple(ranked[:n]) for n in range(1, min(RANKED_RESCUES, len(ranked) - 1) + 1)] or list(RESCUES)
+    attempts: list[Attempt] = []
+    for keep in rescues:
+        rescued = dataclasses.replace(variant, keep_float=keep)
+        if time.monotonic() > deadline:
+            return [*attempts, Attempt(rescued.label, "skipped", "budget")]
+        attempts.append(_attempt(cfg, rescued, fp32, base, role, probe, folder))
+        if attempts[-1].status != "failed gate":
+            break
+    return attempts
+
+
+def rank_nodes(
+    fp32: Path, variant: Variant, calibration: Sequence[np.ndarray], workdir: Path
+) -> list[tuple[str, float]]:
+    """The weighted heavy nodes of ``fp32``'s quantizable graph, worst first, each with the quantization noise it
+    sees: the lowest signal-to-quantization-noise ratio (dB) of its weight, its bias and its input activation.
+
+    Made with ORT's ``qdq_loss_debug`` on a static QDQ copy of the graph at ``variant``'s granularity (a dynamic
+    variant's weights round as per-tensor/per-channel MinMax do): weights and biases are matched with their
+    dequantized copies (per output row, the median, so one huge weight that rounds every other one of its tensor to
+    zero shows), and the float graph's activations on the calibration batches are rounded by the copy's scales (ORT's
+    own pre/post-QDQ comparison is no measure where a Relu is folded into its quantizer). Empty when ORT cannot
+    quantize or run the graph: the caller falls back to ``RESCUES``.
+    """
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=workdir))
+    try:
+        prepared = prepare_for_quantization(fp32, tmp)
+        method = variant.method if variant.recipe == "static" else "minmax"
+        qdq = quantize_onnx(
+            fp32,
+            tmp / "qdq.onnx",
+            recipe="static",
+            per_channel=variant.per_channel,
+            calibration=calibration,
+            method=method,
+        )
+        noise = debug.compute_weight_error(debug.create_weight_matching(str(prepared), str(qdq)), _row_sqnr)
+        noise |= _activation_sqnr(prepared, qdq, calibration, tmp)
+        return _worst_first(onnx.load(str(prepared)), noise)
+    except Exception:  # a graph ORT's debugger cannot follow: no ranking, the blind rescues instead
+        return []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _worst_first(model: onnx.ModelProto, noise: dict[str, float]) -> list[tuple[str, float]]:
+    heavy = set(heavy_nodes(model))
+    scores = {}
+    for node in (n for n in model.graph.node if n.name in heavy):
+        found = [noise[name] for name in node.input if name in noise]
+        if found:
+            scores[node.name] = min(found)
+    return sorted(scores.items(), key=lambda item: item[1])
+
+
+def _row_sqnr(reference: np.ndarray, rounded: np.ndarray) -> float:
+    """The median over rows (axis 0) of each row's SQNR in dB: the typical row, not the largest value's."""
+    from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio as sqnr
+
+    ref, out = np.atleast_2d(reference), np.atleast_2d(rounded)
+    rows = ref.reshape(ref.shape[0], -1), out.reshape(out.shape[0], -1)
+    return float(np.median([sqnr(a, b) for a, b in zip(*rows, strict=True)]))
+
+
+def _activation_sqnr(prepared: Path, qdq: Path, calibration: Sequence[np.ndarray], tmp: Path) -> dict[str, float]:
+    """Per quantized activation: the float graph's values on ``calibration`` against the same values rounded by the
+    QDQ copy's scale and zero point."""
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    augmented = tmp / "float_outputs.onnx"
+    debug.modify_model_output_intermediate_tensors(str(prepared), str(augmented))
+    values = debug.collect_activations(str(augmented), [{export.INPUT_NAME: batch} for batch in calibration])
+    model = onnx.load(str(qdq))
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    noise = {}
+    for node in (n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in values):
+        scale, zero = constants[node.input[1]], constants[node.input[2]]
+        x = np.concatenate([v.ravel() for v in values[node.input[0]]])
+        bounds = np.iinfo(zero.dtype)
+        rounded = (np.clip(np.round(x / scale) + zero, bounds.min, bounds.max) - zero.astype(np.float32)) * scale
+        noise[node.input[0]] = debug.compute_signal_to_quantization_noice_ratio(x, rounded)
+    return noise
 
 
 def _attempt(

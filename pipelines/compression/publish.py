@@ -75,7 +75,7 @@ def report_metrics(result: CompressResult) -> dict[str, float]:
         attempts = tuning["attempts"]
         metrics[f"compress/autotune/{role}/speed_vs_fp32"] = float(attempts[tuning["winner"]]["speed"] or 1.0)
         metrics[f"compress/autotune/{role}/variants_measured"] = float(sum(a["speed"] is not None for a in attempts))
-    for what in ("params_ratio", "gain_over_scratch"):
+    for what in ("params_ratio", "gain_over_scratch", "gain_over_single_teacher"):
         if what in result.student:
             metrics[f"compress/student/{what}"] = float(result.student[what])
     return metrics

@@ -211,22 +211,23 @@ def quantize_onnx(
     per_channel: bool = False,
     calibration: Sequence[np.ndarray] = (),
     method: str = "minmax",
-    keep_float: Sequence[Literal["first", "last"]] = (),
+    keep_float: Sequence[str] = (),
 ) -> Path:
     """A quantized copy of ``src`` at ``dst`` made by ``RECIPES[recipe]`` (``static`` needs ``calibration``).
 
     ``method`` is the static recipe's calibration (a key of ``CALIBRATION_METHODS``); ``keep_float`` leaves the
-    first and/or last weighted heavy node in float. Metadata is carried over, with the recipe under
+    first and/or last weighted heavy node in float, and any node it names (a name in :func:`prepare_for_quantization`'s
+    graph, e.g. from :func:`pipelines.compression.autotune.rank_nodes`). Metadata is carried over, with the recipe under
     ``quantization`` (and ``calibration``, ``kept_float``); the result is checked like every export.
     """
     src, dst = Path(src), Path(dst)
     if recipe == "static" and not calibration:
         raise ValueError("static quantization needs calibration batches")
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        prepared = _prepare_for_quantization(src, Path(tmp))
+        prepared = prepare_for_quantization(src, Path(tmp))
         heavy = heavy_nodes(onnx.load(str(prepared)))
         ends = {"first": heavy[:1], "last": heavy[-1:]}
-        exclude = tuple(dict.fromkeys(name for end in keep_float for name in ends[end]))
+        exclude = tuple(dict.fromkeys(name for end in keep_float for name in ends.get(end, [end])))
         quantized = Path(tmp) / "quantized.onnx"
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress nobody can act on
             RECIPES[recipe](prepared, quantized, Options(per_channel, method, exclude), calibration)
@@ -240,7 +241,7 @@ def quantize_onnx(
     return dst
 
 
-def _prepare_for_quantization(src: Path, workdir: Path) -> Path:
+def prepare_for_quantization(src: Path, workdir: Path) -> Path:
     """Shape inference + constant folding that the quantizer relies on (the dynamo graphs need it).
 
     When symbolic shape inference cannot finish, ONNX Runtime dumps ``sym_shape_infer_temp.onnx`` and its external

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dl_lightning.data import Splits
+from dl_lightning.errors import InputError
 from pipelines.compression.ensemble import ROLE as ENSEMBLE
 from pipelines.compression.ensemble import ship_ensemble
 from pipelines.compression.gates import choose_champion, drop_points, metric_gate, preference
@@ -27,9 +28,30 @@ from pipelines.compression.results import CompressResult, Gate, Row, shippable
 from pipelines.compression.ship import ship
 from pipelines.compression.students import sized_student_arch, student_epochs, train_students
 from pipelines.compression.tables import write_report
-from pipelines.compression.teacher import Teacher, check_compatible, load_ensemble, load_teacher
+from pipelines.compression.teacher import Teacher, check_compatible, ensemble_members, load_ensemble, load_teacher
 from pipelines.config import Config
+from pipelines.stage_results import Upstream
 from pipelines.train import load_data
+
+
+def compress_stage(cfg: Config, upstream: Upstream) -> CompressResult:
+    """The compress stage (``dlforge compress`` and ``dlforge run``): :func:`compress` of the teacher upstream names.
+
+    The teacher is ``upstream.model`` (``--teacher``: a checkpoint, run id or ``models:/`` URI), else the train
+    stage's best (or last) checkpoint; under ``compress.teacher=ensemble`` the sweep's best trials are its members.
+    The compress run nests under ``upstream.parent_run_id``.
+
+    Raises:
+        InputError: upstream names no teacher.
+    """
+    trained = upstream.train.result if upstream.train is not None else None
+    teacher = upstream.model or (trained and (trained.best_checkpoint or trained.last_checkpoint))
+    if not teacher:
+        raise InputError("compress needs a teacher; pass --teacher CKPT|RUN_ID|models:/<name>@<alias>")
+    sweep = upstream.sweep
+    ensemble = cfg.compress.teacher == "ensemble" and sweep is not None
+    members = ensemble_members(sweep.to_dict(), cfg.compress.ensemble_k) if ensemble else []  # type: ignore[union-attr]
+    return compress(cfg, teacher, parent_run_id=upstream.parent_run_id, members=members)
 
 
 def compress(
@@ -130,6 +152,10 @@ def _student(
     facts |= {"inherited": distilled.inherited} if hasattr(distilled, "inherited") else {}  # compress.inherit
     if teacher.ensemble is not None:  # what the student learned from (the ensemble's own rows come before)
         facts["ensemble_members"] = list(teacher.members)
+        rows.append(_taught_by_teacher_alone(cfg, teacher, splits, probe, family, arch, out))
+        if probe.task is not None:
+            gain = -drop_points(rows[-1].metric, student_row.metric, probe.task)
+            facts["gain_over_single_teacher"] = gain + 0.0  # a tie reads +0.00, not -0.00
     if scratch is not None:
         scratch_net = scratch.export_net()[0]
         rows.append(measure_torch(cfg, "student from scratch (PyTorch)", "student_scratch_pytorch", scratch_net, probe))
@@ -139,6 +165,18 @@ def _student(
     names = ("student", "scratch") if scratch is not None else ("student",)
     found = [(n, p) for n in names for p in sorted((out / n / "checkpoints").glob("*.ckpt"))]
     return rows, files, gates, facts, {f"{n}_{p.stem}_checkpoint": str(p) for n, p in found}
+
+
+def _taught_by_teacher_alone(
+    cfg: Config, teacher: Teacher, splits: Splits, probe: Probe, family: str, arch: dict[str, Any], out: Path
+) -> Row:
+    """``compress.teacher=ensemble``: the same student (seed, budget, inherited weights) taught by the teacher alone,
+    in ``<output_dir>/single_teacher``, so the report shows what the ensemble added; it is measured, not shipped."""
+    alone = dataclasses.replace(teacher, ensemble=None, members=())
+    fit_cfg = cfg.with_overrides({"output_dir": str(out / "single_teacher"), "compress.scratch": False})
+    student, _ = train_students(fit_cfg, alone, splits, family, arch)
+    name = "student taught by the teacher alone (PyTorch)"
+    return measure_torch(cfg, name, "student_single_teacher_pytorch", student.export_net()[0], probe)
 
 
 def _student_gate(cfg: Config, teacher_row: Row, student_row: Row, probe: Probe, ratio: float) -> Gate:

@@ -31,6 +31,7 @@ from pipelines.tracking.registry import (
     log_served_model,
     model_version,
     promote_best,
+    promote_version,
     register_model,
     registered_model_name,
     resolve_checkpoint,
@@ -39,6 +40,7 @@ from pipelines.tracking.registry import (
 )
 from pipelines.tracking.runs import (
     CHECKPOINT_KEY,
+    JOB_KEY_TAG,
     ORPHAN_TAG,
     PendingRun,
     close_orphans,
@@ -88,6 +90,7 @@ from pipelines.tracking.ui import (
 __all__ = [
     "CANDIDATE",
     "CHECKPOINT_KEY",
+    "JOB_KEY_TAG",
     "LOCAL_DASHBOARD",
     "ModelVersion",
     "ORPHAN_TAG",
@@ -120,6 +123,7 @@ __all__ = [
     "metric_history",
     "model_version",
     "promote_best",
+    "promote_version",
     "redact_argv",
     "redact_uri",
     "redacted_config",

@@ -337,6 +337,21 @@ def promote_best(
         client.set_registered_model_alias(name, alias, best.version)
     elif passed and metric is None:
         client.set_registered_model_alias(name, alias, max(passed, key=lambda v: int(v.version)).version)
+    return _listing(client, name, alias, metric, versions)
+
+
+def promote_version(name: str, alias: str, version: str | int, *, metric: str | None) -> dict[str, Any]:
+    """Point ``alias`` at version ``version`` of ``name`` (the caller checked its gates); returns the registry as
+    :func:`promote_best` does, each version's ``metric`` read from its ``metric.<metric>`` tag."""
+    client = _mlflow().MlflowClient()
+    client.set_registered_model_alias(name, alias, str(version))
+    return _listing(client, name, alias, metric, client.search_model_versions(f"name = {filter_quote(name)}"))
+
+
+def _listing(
+    client: MlflowClient, name: str, alias: str, metric: str | None, versions: Sequence[Any]
+) -> dict[str, Any]:
+    """``{name, metric, champion, versions}``: where ``alias`` points and one row per version, oldest first."""
     aliases = client.get_registered_model(name).aliases  # alias → version, after the move
     rows = [
         {

@@ -87,6 +87,15 @@ def test_pipeline_killed_after_training_resumes_and_finishes(tmp_path):
     model = client.get_registered_model("pipe-mlp")
     assert set(model.aliases) >= {"candidate", "champion"}
 
+    # dlforge promote on the finished folder reads its results back (ledger, train/config.yaml for the store) and
+    # calls the same promote stage: the same champions again
+    from pipelines.cli import main
+
+    promoted = summary["registry"]
+    assert main(["promote", str(out)]) == 0
+    assert str(client.get_registered_model(promoted["name"]).aliases["champion"]) == str(promoted["champion"])
+    assert str(client.get_registered_model("pipe-mlp").aliases["champion"]) == str(model.aliases["champion"])
+
 
 def _wait_for_second_trial(sweep_dir, proc, limit=600):
     """Block until a second trial has reported an epoch (so the first has finished: one trial at a time)."""

@@ -128,18 +128,63 @@ def test_autotune_on_a_gru_ships_fp32_and_says_why(files, tmp_path, monkeypatch)
     assert tuning.chosen.variant == "fp32" and tuning.why.startswith("fp32: no INT8 variant")
 
 
-def test_a_variant_that_fails_its_gate_is_retried_with_its_end_layers_in_float(files, tmp_path, monkeypatch):
-    """Targets are the fp32 outputs, so fp32 has zero error and any quantization error fails a 0 % limit."""
+def test_a_variant_that_fails_its_gate_is_retried_with_its_worst_nodes_in_float(files, tmp_path, monkeypatch):
+    """Targets are the fp32 outputs, so fp32 has zero error and any quantization error fails a 0 % limit: every
+    rescue fails too — the worst node, then the worst two (never all three) — and fp32 ships."""
     monkeypatch.setattr(tuner, "VARIANTS", tuner.VARIANTS[:1])
     net, _, x = files["reg"]
     exact = export.run_torch(net, x)[:, 0]
     tuning = _tune(_cfg(tmp_path, "compress.max_int8_drop=0"), "reg", files, tmp_path, "regression", exact)
     labels = [a.variant for a in tuning.attempts]
-    assert labels == ["fp32", "dynamic per-tensor", "dynamic per-tensor; last layer fp32"] + [
-        "dynamic per-tensor; first/last layer fp32"
-    ]
+    assert labels[:2] == ["fp32", "dynamic per-tensor"] and len(labels) == 4
+    assert all(label.endswith("fp32 (worst by qdq_loss_debug)") for label in labels[2:])
+    assert [len(a.options["keep_float"]) for a in tuning.attempts[2:]] == [1, 2]
     assert all(a.status == "failed gate" for a in tuning.attempts[1:]) and tuning.chosen.variant == "fp32"
-    assert not list((tmp_path / "autotune").glob("*.onnx"))
+    assert not list((tmp_path / "autotune").glob("*"))  # no variant file, no ranking scratch left
+    monkeypatch.setattr(tuner, "rank_nodes", lambda *args: [])  # no ranking: the end layers, blind
+    tuning = _tune(_cfg(tmp_path, "compress.max_int8_drop=0"), "reg", files, tmp_path, "regression", exact)
+    assert [a.variant for a in tuning.attempts[2:]] == [
+        "dynamic per-tensor; last layer fp32",
+        "dynamic per-tensor; first/last layer fp32",
+    ]
+
+
+def _outlier_mlp(x: np.ndarray) -> nn.Module:
+    """An MLP fitted to a linear 3-class rule on ``x`` (confident answers: small rounding flips none), whose middle
+    layer holds one weight of 100 on an input that is always 0 (a dead unit): the float net never feels it, but
+    per-tensor INT8 rounds every other weight of that layer (all under 0.4) to 0 or ±1 step of 0.8."""
+    net, inputs = _mlp(3).train(), torch.from_numpy(x)
+    with torch.no_grad():
+        net[0].weight[0].zero_()
+        net[0].bias[0] = -1.0  # unit 0 of the first layer is dead after its ReLU: no gradient ever revives it
+        net[2].weight[0, 0] = 100.0
+    labels = (inputs @ torch.randn(12, 3, generator=torch.Generator().manual_seed(0))).argmax(1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(inputs), labels).backward()
+        optimizer.step()
+    return net.eval()
+
+
+def test_the_rescue_ranks_the_layer_that_quantizes_badly_first_and_keeps_it_in_float(tmp_path, monkeypatch):
+    from pipelines.compression.quantization import heavy_nodes, prepare_for_quantization
+
+    x = np.random.default_rng(1).standard_normal((256, 12)).astype(np.float32)
+    net = _outlier_mlp(x)
+    path = export.export_onnx(net, torch.from_numpy(x[:2]), tmp_path / "outlier.onnx", metadata={"family": "mlp"})
+    middle = heavy_nodes(onnx.load(str(prepare_for_quantization(path, tmp_path))))[1]
+    ranked = tuner.rank_nodes(path, Variant("static"), [x[:64], x[64:128]], tmp_path / "rank")
+    assert ranked[0][0] == middle and ranked[0][1] < 10 < ranked[1][1]  # dB: the middle layer's noise, far worse
+    monkeypatch.setattr(tuner, "VARIANTS", (Variant("static"),))
+    probe = _probe(net, x, "classification")
+    cfg = _cfg(tmp_path, "compress.max_int8_drop=1")
+    tuning = autotune(cfg, path, measure_onnx(cfg, "fp32", "fp32", path, 1, probe, None), "teacher", probe, tmp_path)
+    plain, rescued = tuning.attempts[1:]
+    assert plain.status == "failed gate" and plain.metric < 0.8  # the float net's own answers, mostly lost
+    assert rescued.status == "passed" and list(rescued.options["keep_float"]) == [middle] and rescued.metric > 0.97
+    assert rescued.variant == f"static per-tensor minmax; {middle} fp32 (worst by qdq_loss_debug)"
+    assert "2 heavy ops INT8" in rescued.detail
 
 
 def test_the_budget_bounds_the_search(files, tmp_path):

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from dl_lightning.data.spec import DataSpec
 from dl_lightning.distill import DistillModule, distillation_loss
 from dl_lightning.errors import InputError
 from dl_lightning.registry import build_model
@@ -26,9 +25,10 @@ from pipelines.compression.gates import choose_champion, metric_gate, preference
 from pipelines.compression.quantization import quantize_onnx
 from pipelines.compression.results import CompressResult, Gate, Row, shippable
 from pipelines.compression.teacher import Teacher, check_compatible, load_teacher, resolve_teacher
+from tests.fixtures import tiny_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = DataSpec("tabular", "classification", (6,), 3, mean=(0.0,) * 6, std=(1.0,) * 6)
+SPEC = tiny_spec("tabular", input_shape=(6,), standardized=True)
 
 
 def test_alpha_one_is_the_task_loss():
@@ -161,7 +161,7 @@ def test_teacher_references_that_cannot_resolve(tmp_path):
 
 
 def test_data_must_match_the_teacher():
-    other = DataSpec("tabular", "classification", (7,), 3)
+    other = tiny_spec("tabular", input_shape=(7,))
     with pytest.raises(InputError, match="input_shape"):
         check_compatible(SPEC, other)
 
@@ -177,7 +177,7 @@ def test_failed_gate_exits_1_and_says_why(cli, tiny, monkeypatch, tmp_path):
     )
     gates = [Gate("teacher INT8 drop", False, "drop +3.00 points (limit 1)")]
     result = CompressResult(str(tmp_path), "test/acc", [row], gates, {}, "r.md", "r.json", None)
-    monkeypatch.setattr(stage, "compress", lambda cfg, teacher: result)
+    monkeypatch.setattr(stage, "compress", lambda cfg, teacher, **_: result)
     code, _, err = cli("compress", *tiny, "--teacher", "x.ckpt")
     assert code == 1 and "teacher INT8 drop" in err and "nothing registered" in err
     import json
@@ -189,7 +189,7 @@ def test_failed_gate_exits_1_and_says_why(cli, tiny, monkeypatch, tmp_path):
 # ---------------------------------------------------------------- tracking: teacher refs, logging, registry
 
 LATENCY = dict.fromkeys(("b1_p50", "b1_p95", "b64_p50", "b64_p95"), 1.0)
-NAMED = DataSpec("tabular", "classification", (6,), 3, ("a", "b", "c"), (0.0,) * 6, (1.0,) * 6)
+NAMED = tiny_spec("tabular", input_shape=(6,), standardized=True, class_names=("a", "b", "c"))
 PREDICT_WITHOUT_TORCH = """
 import sys
 from pipelines.cli import main
@@ -455,7 +455,7 @@ def _fake_compress(tmp_path, monkeypatch, gates, champion):
     row = Row("teacher fp32 (PyTorch)", "pytorch", 10, 40, 0.9, LATENCY)
     files = {k: str(tmp_path / v) for k, v in FILES.items()}
     result = CompressResult(str(tmp_path), "test/acc", [row], gates, files, "r.md", "r.json", None, champion=champion)
-    monkeypatch.setattr(stage, "compress", lambda cfg, teacher: result)
+    monkeypatch.setattr(stage, "compress", lambda cfg, teacher, **_: result)
 
 
 def test_compress_exits_0_with_a_champion_and_prints_every_failed_gate(cli, tiny, monkeypatch, tmp_path):
@@ -534,8 +534,8 @@ def test_the_default_student_has_at_most_a_quarter_of_the_parameters():
     from pipelines.config import load_config
 
     cfg = load_config(None, [])
-    image = DataSpec("image", "classification", (1, 8, 8), 10)
-    for family, spec in (("mlp", SPEC), ("mlp", DataSpec("tabular", "classification", (300,), 3)), ("cnn", image)):
+    image, wide = tiny_spec("image", num_outputs=10), tiny_spec("tabular", input_shape=(300,))
+    for family, spec in (("mlp", SPEC), ("mlp", wide), ("cnn", image)):
         arch = dataclasses.replace(cfg.model, family=family).arch()
         teacher = Teacher(build_model(family, spec, arch, {}), "t", family, spec, arch, None)
         _, small = students.sized_student_arch(cfg, teacher)

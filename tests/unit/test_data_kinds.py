@@ -108,9 +108,9 @@ def test_a_wrong_guess_is_an_error_naming_every_fix(family: str, source: str, fi
 
 
 def test_build_model_names_every_fix_too() -> None:
-    from dl_lightning.data.spec import DataSpec
+    from tests.fixtures import tiny_spec
 
-    spec = DataSpec("tabular", "classification", (5,), 2, mean=(0.0,) * 5, std=(1.0,) * 5)
+    spec = tiny_spec("tabular", num_outputs=2)
     with pytest.raises(InputError, match=r"use model\.family=mlp, or data\.kind=sequence \(each row one signal\)"):
         build_model("rnn", spec, {}, {})
 

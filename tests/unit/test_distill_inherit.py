@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from dl_lightning.data.spec import DataSpec
 from dl_lightning.distill import DistillModule
 from dl_lightning.inherit import inherit, ranked, take
 from dl_lightning.nets.cnn import CNNNet
@@ -15,6 +14,7 @@ from dl_lightning.nets.mlp import MLPNet
 from dl_lightning.nets.rnn import RNNNet
 from dl_lightning.nets.transformer import TransformerNet
 from dl_lightning.registry import build_model
+from tests.fixtures import tiny_spec
 
 
 def _data(kind: str, shape: tuple[int, ...]) -> dict:
@@ -222,7 +222,7 @@ def _fit(module: L.LightningModule, x: torch.Tensor, y: torch.Tensor, epochs: in
 
 
 def test_an_inherited_distilled_student_beats_its_scratch_twin_early(tmp_path, one_thread):
-    spec = DataSpec("tabular", "classification", (10,), 3, mean=(0.0,) * 10, std=(1.0,) * 10)
+    spec = tiny_spec("tabular", input_shape=(10,), standardized=True)
     x, y = _task(1000, 0)
     test_x, test_y = _task(500, 1)
     L.seed_everything(0, verbose=False)
@@ -257,7 +257,7 @@ def test_compress_student_inherits_only_from_a_teacher_of_its_family(capsys):
     from pipelines.config import load_config
 
     assert load_config(None, []).compress.inherit is True  # on unless turned off
-    spec = DataSpec("tabular", "classification", (6,), 3, mean=(0.0,) * 6, std=(1.0,) * 6)
+    spec = tiny_spec("tabular", input_shape=(6,), standardized=True)
     torch.manual_seed(0)
     teacher = Teacher(build_model("mlp", spec, {"hidden": [16, 8]}, {}), "t.ckpt", "mlp", spec, {}, None)
     student = build_model("mlp", spec, {"hidden": [8, 4]}, {})

@@ -124,3 +124,29 @@ def test_run_distils_the_student_from_the_sweeps_ensemble(cli, tiny, tmp_path):
     assert ensemble["params"] == 2 * rows["teacher_fp32_pytorch"]["params"] and ensemble["metric"] is not None
     assert rows["ensemble_fp32_onnx"]["metric"] == ensemble["metric"] and "ensemble" in report["files"]
     assert len(report["student"]["ensemble_members"]) == 2 and {"teacher", "ensemble"} <= set(report["autotune"])
+    alone = rows["student_single_teacher_pytorch"]  # the same student taught by the teacher alone, beside it
+    assert alone["metric"] is not None and alone["params"] == rows["student_fp32_pytorch"]["params"]
+    gain = report["student"]["gain_over_single_teacher"]
+    assert gain == pytest.approx((rows["student_fp32_pytorch"]["metric"] - alone["metric"]) * 100)
+
+
+def test_the_ensemble_benchmark_reads_its_runs_into_rows():
+    """The benchmark's table: the ensemble's room over its best member in whole test rows (no float dust at the
+    target), and the student's gain per seed."""
+    from pipelines.benchmarks.ensemble import interpretation, result_rows
+
+    members = [{"label": "a", "test": 0.60, "val": 0.61}, {"label": "b", "test": 0.59, "val": 0.58}]
+    runs = [{"seed": 0, "single": 0.58, "ensemble": 0.59}, {"seed": 1, "single": 0.58, "ensemble": 0.585}]
+    job = {"members": members, "ensemble": 0.61, "disagreement": 0.2, "runs": runs, "test_size": 300}
+    rows = {r.measure: r for r in result_rows(job | {"student_params": 100})}
+    assert rows["ensemble − best teacher"].value == 1.0 and rows["ensemble − best teacher"].met
+    gain = rows["student: ensemble − single"]
+    assert gain.value == pytest.approx(0.75) and gain.met and gain.spread == pytest.approx([0.5, 1.0])
+    assert rows["student taught by: single, mean"].value == pytest.approx(58.0)
+    text = interpretation(list(rows.values()), job | {"student_params": 100})
+    assert "by +1.00 points" in text and "gains ≥ 0.5 points" in text and "+2.00 points below" in text
+    knobs = {"ensemble, T=4": 0.6, "single, alpha 0.5": 0.57, "ensemble, alpha 0.5": 0.58}
+    job["runs"] = [run | knobs for run in runs]
+    rows = result_rows(job | {"student_params": 100})
+    text = interpretation(rows, job | {"student_params": 100})
+    assert "the ensemble-taught student moves +1.25 points" in text and "ensemble − single at alpha 0.5: +1.00" in text

@@ -39,12 +39,12 @@ def test_interrupted_stage_is_known_as_started(tmp_path):
 
 
 def test_a_failed_stage_is_one_line_and_exit_1(cli, tiny, monkeypatch):
-    from pipelines import run
+    from pipelines import run, train_stage
 
     def fail(*args, **kwargs):
         raise run.StageFailed("training failed; its output is above")
 
-    monkeypatch.setattr(run, "train_stage", fail)
+    monkeypatch.setattr(train_stage, "train_in_child", fail)
     code, _, err = cli("run", *tiny, "tune.enabled=false")
     assert code == 1
     assert err.strip().splitlines() == ["dlforge: error: training failed; its output is above"]

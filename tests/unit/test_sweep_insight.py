@@ -96,3 +96,18 @@ def test_warm_start_reference_must_resolve(tmp_path):
         resolve_warm_start("0123abcd", lambda run: None)
     found = tmp_path / "sweep_results.csv"
     assert resolve_warm_start("0123abcd", lambda run: found) == found
+
+
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_a_bad_warm_start_is_refused_before_anything_is_written(cli, tmp_path, command):
+    out, store = tmp_path / "out", tmp_path / "store" / "mlflow.db"
+    common = ["data.source=builtin:iris", "model.family=mlp", f"output_dir={out}", f"tracking.uri=sqlite:///{store}"]
+    code, _, err = cli(command, *common, f"tune.warm_start={tmp_path / 'missing.csv'}")
+    assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(command, *common, "tune.warm_start=0123456789abcdef0123456789abcdef")
+    assert code == 2 and "no sweep run" in err and len(err.strip().splitlines()) == 1
+    not_results = tmp_path / "other.csv"
+    not_results.write_text("a,b\n1,2\n")
+    code, _, err = cli(command, *common, f"tune.warm_start={not_results}")
+    assert code == 2 and "cannot read it as sweep_results.csv" in err
+    assert not out.exists() and not store.parent.exists()  # no output folder, lock, store or run

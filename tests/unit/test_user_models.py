@@ -13,6 +13,7 @@ from dl_lightning.errors import InputError
 from dl_lightning.modules.base import FAMILY_KEY
 from dl_lightning.registry import load_model
 from dl_lightning.user_model import check_args, data_facts, load_class
+from tests.fixtures import tiny_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 NET = f"{ROOT / 'examples' / 'my_net.py'}:MyNet"
@@ -140,12 +141,11 @@ def test_a_checkpoint_naming_a_class_the_config_does_not_is_refused(forged, how,
 
 
 def test_the_student_is_the_same_class_with_compress_student_args():
-    from dl_lightning.data.spec import DataSpec
     from pipelines.compression.students import student_arch, student_fit_config
     from pipelines.compression.teacher import Teacher
     from pipelines.config import load_config
 
-    spec = DataSpec("image", "classification", (1, 8, 8), 10)
+    spec = tiny_spec("image", num_outputs=10)
     teacher = Teacher(None, "t.ckpt", NET, spec, {"hidden": 64, "depth": 2}, None)
     base = [f"model.family={NET}", "model.args.hidden=64"]
     cfg = load_config(None, [*base, "compress.student.args.hidden=8"])
