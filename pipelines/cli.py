@@ -82,8 +82,12 @@ def _lost_rank(exc: BaseException) -> bool:
 
 
 def _preempted(exc: SystemExit) -> bool:
-    """Lightning's SIGTERMException (its module is loaded whenever one can have been raised)."""
+    """Lightning's SIGTERMException, or any exit after a SIGTERM (Ray's ``SystemExit(1)`` for a signal that came
+    during its wait); both modules are loaded whenever either can have happened."""
     exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    guards = sys.modules.get("pipelines.guards")
+    if guards is not None and guards.sigterm_received():
+        return True
     return exceptions is not None and isinstance(exc, exceptions.SIGTERMException)
 
 

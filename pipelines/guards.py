@@ -169,6 +169,19 @@ class PreemptionCheckpoint(Callback):
             log.warning("SIGTERM: could not save %s (%s); the previous checkpoint is kept", self.path, exc)
 
 
+_sigterm = threading.Event()
+
+
+def sigterm_received() -> bool:
+    """Whether SIGTERM reached this process under :func:`sigterm_exits`.
+
+    A ``SystemExit`` after it is the signal's, whatever raised it: a signal that arrives while Ray waits in C++
+    (``ray.wait`` in Tune's loop) runs our handler there, and Ray turns the handler's exception into
+    ``SystemExit(1)``.
+    """
+    return _sigterm.is_set()
+
+
 @contextlib.contextmanager
 def sigterm_exits() -> Iterator[None]:
     """Make SIGTERM raise ``SIGTERMException`` (a ``SystemExit``) wherever Lightning is not already handling it.
@@ -182,9 +195,11 @@ def sigterm_exits() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        _sigterm.set()
         if signal.getsignal(signal.SIGTERM) is handler:  # not called through Lightning's handler
             raise SIGTERMException
 
+    _sigterm.clear()  # a new command in this process (the tests run many) starts without the last one's signal
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield

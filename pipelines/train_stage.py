@@ -108,8 +108,9 @@ def train_stage(
     if resume:
         guards.check_checkpoint(resume)  # weights_only: a hostile pickle is refused before anything loads it
         check_resume_fits(cfg, splits, resume)  # another architecture or data: one line, not a size-mismatch trace
+    continued = tracking.run_id_from_checkpoint(resume) if cfg.tracking.enabled else None
     # The run opens on a thread while the fit starts: importing mlflow and opening its store take seconds.
-    run = tracking.job_run(cfg, kind="train", resume_from=resume, parent_run_id=parent_run_id, background=True)
+    run = tracking.job_run(cfg, kind="train", run_id=continued, parent_run_id=parent_run_id, background=True)
     with guards.sigterm_exits(), run as opening:
         callbacks = tracking.lightning_callbacks(cfg, opening)
         result = train(cfg, resume=resume, callbacks=callbacks, splits=splits)

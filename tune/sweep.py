@@ -467,24 +467,31 @@ class DigestRecorder(Callback):
 
     Ray saves its state into a staging folder and copies it into the experiment folder in the background, so the
     folder is checked at every step of the driver's loop (a ``stat`` per file; hashing only after a change) and at
-    every state save. It holds only the folder's path: it is pickled into ``tuner.pkl``, the key never is.
+    every state save; the staging folder too (its path is the trials' ``storage``), so a save that a killed driver
+    copied after the last check is already recorded. It holds only the folder's path: it is pickled into
+    ``tuner.pkl``, the key never is.
     """
 
     def __init__(self, experiment_path: str) -> None:
         self.experiment_path = experiment_path
         self._seen: tuple = ()
+        self._staging: str | None = None
 
     def refresh(self) -> None:
-        folder = Path(self.experiment_path)
+        folder, staging = Path(self.experiment_path), getattr(self, "_staging", None)
+        roots = [folder, *([Path(staging)] if staging else [])]
         try:
-            seen = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in guarded_files(folder))
+            files = [p for root in roots if root.is_dir() for p in guarded_files(root)]
+            seen = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
             if seen != getattr(self, "_seen", ()):
-                record_digests(folder)
+                record_digests(folder, staging)
                 self._seen = seen
         except OSError:  # Ray renamed a temp file between listing and reading: the next step records it
             self._seen = ()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if getattr(self, "_staging", None) is None:
+            self._staging = next((t.storage.experiment_driver_staging_path for t in trials if t.storage), None)
         self.refresh()
 
     def get_state(self) -> dict | None:
@@ -495,7 +502,7 @@ class DigestRecorder(Callback):
         self.refresh()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"experiment_path": self.experiment_path, "_seen": ()}
+        return {"experiment_path": self.experiment_path, "_seen": (), "_staging": None}
 
 
 class TrialClock(Callback):

@@ -123,7 +123,19 @@ def family_rows(family: str, job: dict[str, Any], lat: dict[str, list[dict[str, 
                 )
             )
     out += accuracy_rows(family, report, rows, fp32, int8, job["test_size"])
+    out += autotune_rows(family, report.get("autotune", {}).get("teacher"))
     return out
+
+
+def autotune_rows(family: str, tuning: dict[str, Any] | None) -> list[Row]:
+    """The autotuner's choice for the teacher (``compress.quantization=auto``): its speed over ONNX fp32 and why it
+    won, with how many variants it tried; nothing under a fixed recipe."""
+    if not tuning:
+        return []
+    chosen = tuning["attempts"][tuning["winner"]]
+    tried = sum(a["status"] != "skipped" for a in tuning["attempts"])
+    note = f"{chosen['variant']} of {tried} variants tried: {tuning['why']}"
+    return [Row(f"{family}: autotuner's choice, speed vs ONNX fp32", chosen.get("speed") or 1.0, "×", note=note)]
 
 
 def _bytes_note(fp32: dict[str, int], int8: dict[str, int]) -> str:

@@ -45,6 +45,7 @@ def one_sweep(cfg: Config) -> dict[str, Any]:
         "epochs": sum(t["epochs"] or 0 for t in result.trials),
         "trials": len(result.trials),
         "stopped": len(result.stopped_early),
+        "importance": result.importance,
     }
 
 
@@ -76,7 +77,7 @@ def run(ctx: BenchContext) -> BenchResult:
     }
     cfg = bench_config(ctx, "default-config", [])
     runs["default"] = [{"best": default_config_val_acc(cfg), "epochs": cfg.trainer.max_epochs}]
-    rows = rows_for(runs)
+    rows = rows_for(runs) + importance_rows(runs["random"][0])
     setup = {
         "config": "configs/digits_cnn.yaml (its tune.space, grace_period, trainer.max_epochs)",
         "trials": cfg.tune.num_samples,
@@ -161,13 +162,22 @@ def rows_for(runs: dict[str, list[dict[str, Any]]]) -> list[Row]:
     ]
 
 
+def importance_rows(fifo: dict[str, Any]) -> list[Row]:
+    """fANOVA importance of each searched key (``summary.json``'s ``importance``) over the random search's trials,
+    which all ran to the end: ASHA's stopped trials would rank keys by their early epochs."""
+    return [
+        Row(f"hyperparameter importance (fANOVA, random search): {key}", share * 100, "%")
+        for key, share in (fifo.get("importance") or {}).items()
+    ]
+
+
 def _median_of(runs: dict[str, list[dict[str, Any]]], key: str) -> float | None:
     values = [r[key] for name in ("random", "asha") for r in runs[name] if r.get(key) is not None]
     return median(values) if values else None  # no hand-off when every trial had a slot from the start
 
 
 def interpretation(rows: list[Row], setup: dict[str, Any]) -> str:
-    overhead, asha_overhead, startup, handoff, ray_start, compute, gap, wall, gain = rows
+    overhead, asha_overhead, startup, handoff, ray_start, compute, gap, wall, gain = rows[:9]
     return (
         f"- Trials are the main job's own sweep: {overhead.note.split(';')[0]} of the digits CNN, 1 CPU each, 2 at "
         f"a time. Tune took {overhead.value:.2f}× the theoretical minimum with random search "
@@ -188,7 +198,17 @@ def interpretation(rows: list[Row], setup: dict[str, Any]) -> str:
         f"- The {setup['trials']}-trial ASHA sweep took {wall.value:.0f} s (target ≤ {SWEEP_WALL_TARGET_S:g} s: "
         f"{'met' if wall.met else 'missed'}); its best trial is {gain.value:+.2f} points of val/acc over the shipped "
         f"default config trained the same epochs ({gain.note}; {'met' if gain.met else 'missed'}). One repeat: "
-        "val/acc on 270 validation images moves in steps of 0.37 points."
+        "val/acc on 270 validation images moves in steps of 0.37 points." + importance_line(rows[9:])
+    )
+
+
+def importance_line(rows: list[Row]) -> str:
+    if not rows:
+        return ""
+    ranked = ", ".join(f"{r.measure.rsplit(': ', 1)[-1]} {r.value:.0f} %" for r in rows)
+    return (
+        f"\n- Hyperparameter importance (fANOVA over the random search's trials, as every sweep writes it to "
+        f"summary.json and its MLflow run): {ranked}."
     )
 
 

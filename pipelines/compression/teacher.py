@@ -61,7 +61,7 @@ def load_teacher(ref: str, cfg: Config | None = None) -> Teacher:
             f"cannot read teacher checkpoint {path!r} ({type(exc).__name__}); pass a dlforge .ckpt"
         ) from None
     epochs = int(optim.get("max_epochs") or 0)
-    run_id = run_id or tracking.run_id_from_checkpoint(path, cfg)  # the run tracking's callback recorded, if any
+    run_id = run_id or tracking.run_id_from_checkpoint(path)  # the run tracking's callback recorded, if any
     return Teacher(module.eval(), path, family, DataSpec.from_dict(data), arch, run_id, epochs)
 
 

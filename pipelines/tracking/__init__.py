@@ -40,7 +40,6 @@ from pipelines.tracking.registry import (
 )
 from pipelines.tracking.runs import (
     CHECKPOINT_KEY,
-    JOB_KEY_TAG,
     ORPHAN_TAG,
     PendingRun,
     close_orphans,
@@ -90,7 +89,6 @@ from pipelines.tracking.ui import (
 __all__ = [
     "CANDIDATE",
     "CHECKPOINT_KEY",
-    "JOB_KEY_TAG",
     "LOCAL_DASHBOARD",
     "ModelVersion",
     "ORPHAN_TAG",

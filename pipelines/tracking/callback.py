@@ -37,9 +37,8 @@ class TrackingCallback(Callback):
 
     Given a ``PendingRun`` (a single-process job whose run is still opening), training starts at once: epochs wait
     in memory (and in checkpoints) until the run exists, and a run that cannot be opened stops the fit at the next
-    epoch's end with the error that opening raised. No checkpoint waits for the run: one written while it opens
-    names it by the job key the run is tagged with (``runs.JOB_KEY_TAG``), so a resumed job still continues it, and
-    the open overlaps the whole fit.
+    epoch's end with the error that opening raised. The first checkpoint waits for the run, so that every
+    checkpoint names its run (a resumed job continues it): the open overlaps the fit's setup and first epoch.
     """
 
     def __init__(self, run_id: str | PendingRun | None) -> None:
@@ -62,7 +61,7 @@ class TrackingCallback(Callback):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get(CHECKPOINT_KEY) or {}
-        if self._sender is not None and self._same_run(state):
+        if self._sender is not None and state.get("run_id") == self._resolved_run_id():
             for step, values in state.get("pending", []):
                 self._sender.add(int(step), values)
 
@@ -77,10 +76,8 @@ class TrackingCallback(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         unsent = self._sender.unsent() if self._sender is not None else {}
-        state = {"run_id": self.run_id, "pending": [[s, v] for s, v in sorted(unsent.items())]}
-        if self._pending is not None:  # never waits: the job key names a run still opening
-            state |= {"run_id": self._pending.opened_id(), "job_key": self._pending.job_key}
-        checkpoint[CHECKPOINT_KEY] = state
+        run_id = self._resolved_run_id()  # waits for a run still opening: a resumed checkpoint continues its run
+        checkpoint[CHECKPOINT_KEY] = {"run_id": run_id, "pending": [[s, v] for s, v in sorted(unsent.items())]}
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._close()
@@ -104,13 +101,6 @@ class TrackingCallback(Callback):
                 if key.startswith(prefixes) and key not in skip:
                     history.setdefault(key, []).append((step, float(value)))
         return history
-
-    def _same_run(self, state: dict) -> bool:
-        """Whether a checkpoint's tracking state belongs to this callback's run (by job key, else by id)."""
-        key = self._pending.job_key if self._pending is not None else None
-        if key is not None and state.get("job_key") == key:
-            return True
-        return state.get("run_id") is not None and state.get("run_id") == self._resolved_run_id()
 
     def _resolved_run_id(self) -> str | None:
         """The run's id, waiting for a run still opening (raises what opening raised)."""

@@ -8,9 +8,7 @@
   The run is tagged with its process (host, PID, start time); each job first closes as KILLED the RUNNING runs of
   its experiment whose process is gone from this host (``close_orphans``: kill -9, the OOM killer, a lost trial).
 - ``lightning_callbacks(cfg, run_id)`` — give these to ``train()`` on every rank (``callback.TrackingCallback``).
-- ``run_id_from_checkpoint(path, cfg)`` — the run a checkpoint belongs to; ``job_run(resume_from=path)`` continues
-  it. A run opened in the background also carries a job key (tag ``dlforge.job_key``) that checkpoints written
-  before the run existed name instead of its id.
+- ``run_id_from_checkpoint(path)`` — the run a checkpoint belongs to; pass it as ``job_run(run_id=...)``.
 
 Rank: ``RANK`` (torchrun), else ``SLURM_PROCID`` (multi-task SLURM), else ``NODE_RANK × devices + LOCAL_RANK``
 (Lightning's DDP launcher sets ``LOCAL_RANK`` in the processes it re-launches).
@@ -28,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,8 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KEY = "dlforge_tracking"  # {"run_id": str | None, "job_key": str, "pending": [[step, {name: value}]]}
-JOB_KEY_TAG = "dlforge.job_key"  # names a run before its id is known (a checkpoint written while it opened)
+CHECKPOINT_KEY = "dlforge_tracking"  # {"run_id": str, "pending": [[step, {name: value}], ...]}
 
 
 def global_rank(devices_per_node: int) -> int:
@@ -75,48 +71,14 @@ def global_rank(devices_per_node: int) -> int:
     return node * devices_per_node + int(env.get("LOCAL_RANK", "0"))
 
 
-def run_id_from_checkpoint(path: str | Path | None, cfg: Config | None = None) -> str | None:
-    """The tracking run recorded in a Lightning checkpoint by the tracking callback, if any.
-
-    A checkpoint written while its run was still opening names the run by its job key only; with ``cfg`` (tracking
-    on) that key is looked up in ``cfg``'s store (a store error is a warning), else such a checkpoint gives None.
-    """
-    run_id, job_key = _checkpoint_run(path)
-    if run_id is None and job_key is not None and cfg is not None and cfg.tracking.enabled:
-        try:
-            run_id = _run_with_key(_mlflow().MlflowClient(), connect(cfg), job_key)
-        except Exception as exc:
-            log.warning("could not look up the run of checkpoint %s: %s", path, exc)
-    return run_id
-
-
-def _checkpoint_run(path: str | Path | None) -> tuple[str | None, str | None]:
-    """(run id, job key) that the tracking callback recorded in a checkpoint; (None, None) without them."""
+def run_id_from_checkpoint(path: str | Path | None) -> str | None:
+    """The tracking run recorded in a Lightning checkpoint by the tracking callback, if any."""
     if path is None:
-        return None, None
+        return None
     import torch
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    state = checkpoint.get(CHECKPOINT_KEY) or {}
-    return state.get("run_id"), state.get("job_key")
-
-
-def _run_with_key(client: MlflowClient, experiment_id: str, job_key: str) -> str | None:
-    """The active run of the experiment whose job keys hold ``job_key``; None when the job ended before creating it.
-
-    A run keeps the key of every job that opened it (space-separated, ``_add_job_key``): a uuid4 hex never
-    matches inside another, so a substring match is exact.
-    """
-    found = client.search_runs([experiment_id], f"tags.`{JOB_KEY_TAG}` LIKE '%{job_key}%'", max_results=1)
-    return found[0].info.run_id if found else None
-
-
-def _add_job_key(client: MlflowClient, run_id: str, job_key: str) -> None:
-    """Add ``job_key`` to the run's keys, keeping those of earlier jobs (their early checkpoints still find it)."""
-    keys = (client.get_run(run_id).data.tags.get(JOB_KEY_TAG) or "").split()
-    if job_key not in keys:
-        keys = [*keys, job_key][-(_MAX_TAG_VALUE // 33) :]  # MLflow's tag limit: the newest keys are kept
-        _log_batch(client, run_id, tags={JOB_KEY_TAG: " ".join(keys)})
+    return (checkpoint.get(CHECKPOINT_KEY) or {}).get("run_id")
 
 
 # ---------------------------------------------------------------- one run per job
@@ -132,7 +94,6 @@ def job_run(
     run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
     background: bool = False,
-    resume_from: str | Path | None = None,
 ) -> Iterator[Any]:
     """One MLflow run for one job: created on global rank 0 only; yields its id (``None`` elsewhere or when off).
 
@@ -142,8 +103,6 @@ def job_run(
         parent_run_id: nest this run under a pipeline or sweep run.
         run_id: continue this run (a resumed job): params already logged are kept, changed ones become tags.
         tags: extra tags, e.g. ``{"ray.trial_id": ...}``.
-        resume_from: a checkpoint whose run to continue (as ``run_id``), found by id or by job key; a job killed
-            before its run existed starts a new one.
         background: yield a ``PendingRun`` at once and open the run on a thread (importing mlflow and opening the
             store take seconds, which then overlap the job's own work). A server that does not answer is still
             refused before this yields; any other failure to open is raised by ``PendingRun.run_id()`` and by
@@ -154,15 +113,12 @@ def job_run(
     if not cfg.tracking.enabled or global_rank(cfg.trainer.devices) != 0:
         yield None
         return
-    job_key = None
-    if run_id is None and resume_from is not None:
-        run_id, job_key = _checkpoint_run(resume_from)
     args = (cfg, kind, name, parent_run_id, run_id, tags)
     if background:
-        with _background_run(*args, job_key=job_key or uuid.uuid4().hex) as pending:
+        with _background_run(*args) as pending:
             yield pending
         return
-    client, run_id = _open_run(*args, activate=True, job_key=job_key)
+    client, run_id = _open_run(*args, activate=True)
     with _ending(client, run_id):
         yield run_id
 
@@ -177,24 +133,16 @@ def _open_run(
     *,
     activate: bool,
     uri: str | None = None,
-    job_key: str | None = None,
 ) -> tuple[MlflowClient, str]:
     """Connect, close orphans, create or continue the run and log its config; a config that fails to log ends the
-    run FAILED. ``activate``: also make it this thread's active run (``mlflow.start_run``). ``job_key``: continue
-    the run with that key when ``run_id`` is None; a new run is tagged with it."""
+    run FAILED. ``activate``: also make it this thread's active run (``mlflow.start_run``)."""
     experiment_id = connect(cfg, uri)
     client = _mlflow().MlflowClient()
     close_orphans(client, experiment_id)  # before continuing a run: a resumed job closes the orphan it finds
-    if run_id is None and job_key is not None:
-        run_id = _run_with_key(client, experiment_id, job_key)
-    keyed = job_key is not None and run_id is None  # a new run gets its key when it is created
-    run_tags = {**(tags or {}), JOB_KEY_TAG: job_key} if keyed else tags
-    run_id, resumed = _create_or_continue(client, cfg, experiment_id, kind, name, parent_run_id, run_id, run_tags)
+    run_id, resumed = _create_or_continue(client, cfg, experiment_id, kind, name, parent_run_id, run_id, tags)
     if activate:
         _activate(cfg, run_id)
     try:
-        if job_key is not None and not keyed:
-            _add_job_key(client, run_id, job_key)
         _log_config(client, cfg, run_id, resumed)
     except BaseException as exc:
         _safe(client.set_tag, run_id, "dlforge.error", clip(f"{type(exc).__name__}: {exc}", 2000))
@@ -223,16 +171,12 @@ class PendingRun:
     """A job's run while it is being opened on a background thread (``job_run(background=True)``).
 
     Guarantees: ``run_id()`` returns the id once the run exists with its params, tags and config, or raises what
-    opening raised (``TrackingError`` for a store that cannot be used); ``error()`` and ``opened_id()`` never wait.
-    ``job_key`` (tag ``dlforge.job_key`` of the run, once open) names the run before its id is known.
+    opening raised (``TrackingError`` for a store that cannot be used); ``error()`` never waits.
     """
 
-    def __init__(
-        self, open_run: Any = None, *, opened: tuple[MlflowClient, str] | None = None, job_key: str | None = None
-    ) -> None:
+    def __init__(self, open_run: Any = None, *, opened: tuple[MlflowClient, str] | None = None) -> None:
         from concurrent.futures import Future
 
-        self.job_key = job_key
         self._future: Future = Future()
         if opened is not None:
             self._future.set_result(opened)
@@ -257,10 +201,6 @@ class PendingRun:
         """What opening raised, once it has failed; never waits."""
         return self._future.exception() if self._future.done() else None
 
-    def opened_id(self) -> str | None:
-        """The run's id once it is open, else None; never waits."""
-        return self.run_id() if self._future.done() and self._future.exception() is None else None
-
 
 @contextlib.contextmanager
 def _background_run(
@@ -270,16 +210,13 @@ def _background_run(
     parent_run_id: str | None,
     run_id: str | None,
     tags: Mapping[str, Any] | None,
-    *,
-    job_key: str,
 ) -> Iterator[PendingRun]:
     args = (cfg, kind, name, parent_run_id, run_id, tags)
     if cfg.trainer.devices * cfg.trainer.num_nodes > 1 or _system_metrics(cfg):
-        pending = PendingRun(opened=_open_run(*args, activate=True, job_key=job_key), job_key=job_key)
+        pending = PendingRun(opened=_open_run(*args, activate=True))
     else:
         uri = _reachable_uri(cfg)  # an HTTP server that does not answer: refused now, before the job starts
-        open_run = functools.partial(_open_run, *args, activate=False, uri=uri, job_key=job_key)
-        pending = PendingRun(open_run, job_key=job_key)
+        pending = PendingRun(functools.partial(_open_run, *args, activate=False, uri=uri))
     try:
         yield pending
     except BaseException as exc:

@@ -104,6 +104,14 @@ def runs(tmp_path: Path, experiment: str) -> dict[str, str]:
     return {r.info.run_name: r.info.status for r in client.search_runs([found.experiment_id])} if found else {}
 
 
+def wait_for_run(tmp_path: Path, experiment: str, prefix: str, timeout: float = 120) -> None:
+    """Block until a run whose name starts with ``prefix`` exists in ``experiment``."""
+    deadline = time.monotonic() + timeout
+    while not any(name.startswith(prefix) for name in runs(tmp_path, experiment)):
+        assert time.monotonic() < deadline, f"no {prefix}* run in {experiment} after {timeout:.0f} s"
+        time.sleep(0.2)
+
+
 def run_command(tmp_path: Path, name: str) -> list[str]:
     return ["run", "tune.enabled=false", *common(tmp_path, name)]
 
@@ -114,6 +122,9 @@ def test_kill_9_of_dlforge_run_leaves_no_training_child_and_the_next_job_closes_
         read_until(job, "epoch 2/")  # the train stage's child is training
         children = descendants(job.pid)
         assert any("train" in p.cmdline() for p in children), [p.cmdline() for p in children]
+        # The child's run opens beside its fit, closing the runs of dead processes as it opens: wait for it, so
+        # that the pipeline run is left for the next job to close, as after a kill -9 of a job with no child.
+        wait_for_run(tmp_path, "killed", "mlp")
         os.kill(job.pid, signal.SIGKILL)  # the parent only, as the OOM killer does
         assert job.wait(timeout=30) == -signal.SIGKILL
         assert survivors(children, 30) == []
@@ -183,7 +194,8 @@ def test_a_second_job_on_the_same_output_dir_is_refused_naming_the_holder_pid(tm
 @pytest.mark.timeout(240)
 def test_kill_9_before_the_first_checkpoint_leaves_a_run_the_next_job_closes_as_killed(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    args = ["train", *common(tmp_path, "early"), "data.batch_size=4"]  # a slow first epoch
+    # a first epoch of seconds (300 steps of a wide net), far longer than the run takes to open beside it
+    args = ["train", *common(tmp_path, "early"), "data.batch_size=4", "model.mlp.hidden=[4096,4096]"]
     with dlforge(*args) as job:
         deadline = time.monotonic() + 120
         while not runs(tmp_path, "early") and time.monotonic() < deadline:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
-from lightning.pytorch.callbacks import Callback
 from mlflow import MlflowClient
 
 from pipelines import tracking
 from pipelines.config import Config, build_config
-from pipelines.tracking import runs
 from pipelines.train import load_data, train
 from pipelines.train_stage import HISTORY_PREFIXES, HISTORY_SKIP, train_stage
 
@@ -88,42 +85,12 @@ def test_a_job_that_fails_while_its_run_opens_ends_the_run_failed(store, tmp_pat
 
 @pytest.mark.timeout(180)
 def test_a_short_job_resumed_continues_its_run(store, tmp_path):
-    """Every checkpoint leads back to its run, even when the fit is faster than the store's opening."""
+    """Every checkpoint names its run, even when the fit is faster than the store's opening."""
     first = train_stage(_cfg(store, tmp_path, epochs=1))
     last = first.result.last_checkpoint
-    assert tracking.run_id_from_checkpoint(last, _cfg(store, tmp_path)) == first.result.run_id
+    assert tracking.run_id_from_checkpoint(last) == first.result.run_id
     longer = _cfg(store, tmp_path, epochs=2)
     again = train_stage(longer, resume=last, splits=load_data(longer))
     assert again.result.run_id == first.result.run_id
     steps = [m.step for m in MlflowClient(tracking_uri=store).get_metric_history(first.result.run_id, "train/loss")]
-    assert steps == [0, 1]
-
-
-class _OpenAfterTheFit(Callback):
-    """Holds the run's opening until the fit has written its last checkpoint."""
-
-    def __init__(self, opened: threading.Event) -> None:
-        self.opened = opened
-
-    def on_train_end(self, trainer, pl_module):
-        self.opened.set()
-
-
-@pytest.mark.timeout(180)
-def test_a_checkpoint_written_before_the_run_opened_resumes_that_run(store, tmp_path, monkeypatch):
-    """No checkpoint waits for the store: one written while the run opens names it by its job key."""
-    fit_over, real_open = threading.Event(), runs._open_run
-    monkeypatch.setattr(runs, "_open_run", lambda *a, **k: fit_over.wait(120) and real_open(*a, **k))
-    cfg = _cfg(store, tmp_path, epochs=1)
-    with tracking.job_run(cfg, kind="train", background=True) as opening:
-        result = train(cfg, callbacks=[_OpenAfterTheFit(fit_over), *tracking.lightning_callbacks(cfg, opening)])
-        first = opening.run_id()
-    last = result.last_checkpoint
-    assert tracking.run_id_from_checkpoint(last) is None  # written before the run existed
-    assert tracking.run_id_from_checkpoint(last, cfg) == first  # its job key finds the run
-    monkeypatch.setattr(runs, "_open_run", real_open)
-    longer = _cfg(store, tmp_path, epochs=2)
-    again = train_stage(longer, resume=last, splits=load_data(longer))
-    assert again.result.run_id == first
-    steps = [m.step for m in MlflowClient(tracking_uri=store).get_metric_history(first, "train/loss")]
     assert steps == [0, 1]
