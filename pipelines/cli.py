@@ -452,12 +452,17 @@ PROMOTE_USAGE = (
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from pipelines.preflight import missing_sqlite_store
     from pipelines.promote import promote_stage, upstream_of
     from pipelines.stage_results import Upstream
 
     target, cfg = _promote_target(args.items)
     if not cfg.tracking.enabled:
         raise InputError("dlforge promote moves an alias in the model registry; drop tracking.enabled=false")
+    if target.startswith("models:/") and missing_sqlite_store(cfg):  # looking must not create an empty store
+        from pipelines.tracking import tracking_uri
+
+        raise InputError(f"{target}: the tracking store {tracking_uri(cfg)} does not exist; name the store it is in")
     upstream = Upstream(model=target) if target.startswith("models:/") else upstream_of(target)
     if not upstream.model:
         from pipelines import tracking

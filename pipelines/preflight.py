@@ -65,10 +65,17 @@ def _download_results(run_id: str, cfg: Config) -> Path | None:
     """The sweep run's ``sweep_results.csv``, or None; a sqlite store that does not exist is not created to look."""
     from pipelines import tracking
 
-    uri = tracking.tracking_uri(cfg)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if missing_sqlite_store(cfg):
         return None
     return tracking.download_run_file(run_id, "sweep/sweep_results.csv", cfg)
+
+
+def missing_sqlite_store(cfg: Config) -> bool:
+    """Whether the configured store is a sqlite file that does not exist: a lookup must not create it."""
+    from pipelines import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
 
 
 def _check_datamodule_kind(cfg: Config, data: UserData) -> None:
