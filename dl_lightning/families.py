@@ -45,9 +45,10 @@ class CNNConfig:
 class RNNConfig:
     cell: Literal["lstm", "gru", "rnn"] = "lstm"
     hidden_size: int = field(default=128, metadata=bounds(ge=1))
-    num_layers: int = field(default=2, metadata=bounds(ge=1))
+    num_layers: int = field(default=0, metadata=bounds(ge=0))  # 0 = auto: 1 for text, 2 for sequences (nets/rnn.py)
     bidirectional: bool = False
     embed_dim: int = field(default=64, metadata=bounds(ge=1))  # token embedding size for text
+    summary: Literal["auto", "last", "max"] = "auto"  # what the head reads: auto = max over words, last for sequences
 
 
 @dataclass(frozen=True)

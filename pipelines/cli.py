@@ -32,7 +32,43 @@ AFTER_SIGTERM = {  # what each command can continue from: only train and tune ha
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dlforge`` console script and ``python -m pipelines``."""
+    """Entry point of the ``dlforge`` console script and ``python -m pipelines``.
+
+    Called as the program (``argv`` None), a command that returns ends the process with its exit code as soon as
+    every exit handler has run (``_exit_after_handlers``); a caller in the same process just gets the code.
+    """
+    if argv is not None:
+        return _main(argv)
+    exit_code: list[int] = []
+    _exit_after_handlers(exit_code)
+    exit_code.append(_main(None))
+    return exit_code[0]
+
+
+def _exit_after_handlers(exit_code: list[int]) -> None:
+    """Once the interpreter has joined its threads and run every exit handler registered after this one (LIFO:
+    uploads, MLflow, Ray, multiprocessing), end the process with ``exit_code[0]`` instead of tearing it down.
+
+    Why: freeing torch, Lightning and MLflow's modules object by object took 1.5–3 s of CPU per job, after the job
+    was done and every file written. The only handler registered before this one is ``logging.shutdown``: it is
+    called here. A command that raised leaves ``exit_code`` empty and the interpreter ends as usual.
+    """
+    import atexit
+    import contextlib
+
+    def end() -> None:
+        if not exit_code:
+            return
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: what is lost is lost either way
+                stream.flush()
+        os._exit(exit_code[0])
+
+    atexit.register(end)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     # Overrides may come after flags (`run CONFIG --quick seed=1`): collect the positional leftovers too.
     args, extra = parser.parse_known_args(argv)

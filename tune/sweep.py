@@ -16,11 +16,13 @@ import math
 import os
 import signal
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FunctionType
 from typing import Any
 
 import ray
@@ -29,8 +31,10 @@ from ray.tune import Callback, Stopper, schedulers
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from dl_lightning.errors import InputError, clip
+from tune import prestart
 from tune.callbacks import CHECKPOINT_FILE, TrialTable
 from tune.integrity import guarded_files, record_digests, verify_experiment
+from tune.prestart import PRESTART_DIR_ENV
 from tune.settings import SweepJob, TuneConfig
 from tune.space import Dimension, pbt_mutations, to_ray
 
@@ -38,6 +42,8 @@ TRIAL_DRIVER_CPU = 0.01  # the trial process of a multi-worker trial only waits 
 TRIAL_STATE_FILE = "trial_state.json"  # in each trial's folder: what TrialContext.save_state kept
 STOP_GRACE_S = 30  # how long a stopped trial may take to close its MLflow run and Lightning state
 LOOPBACK = "127.0.0.1"
+IDLE_WORKER_KEEP_MS = 3_600_000  # a sweep's own Ray: its prestarted workers wait for trials
+PRESTART_WAIT_S = 10.0  # for a local Ray's prestarted workers to register (about 1 s on an idle machine)
 
 
 @dataclass(frozen=True)
@@ -114,11 +120,13 @@ def run_sweep(
     if resume is not None and not is_experiment(resume):
         raise InputError(f"{resume} is not a sweep folder Ray can restore; pass the experiment_path of a sweep")
     _quiet_tune()
-    with ray_session(job.tune.ray_address) as ray_start_s:
+    started_here = not ray.is_initialized() and not ray_address(job.tune.ray_address)
+    with ray_session(job.tune.ray_address, preload=trial_modules(trial_fn)) as ray_start_s:
         concurrency = max_concurrency(job.tune)
         clock = TrialClock()  # its clock starts now: building the Tuner counts as Tune's time
         tuner = _restored_tuner(trial_fn, job, resume) if resume else _new_tuner(trial_fn, space, job, clock)
-        grid = tuner.fit()
+        with trials_in_prestarted_workers() if started_here else contextlib.nullcontext():
+            grid = tuner.fit()
         tune_wall_s = time.monotonic() - clock.fit_started
     records = [_record(result, job) for result in grid]
     records.sort(key=lambda r: r.trial_id)
@@ -150,18 +158,21 @@ def best_trial(records: list[TrialRecord], mode: str) -> TrialRecord | None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[float]:
-    """Yield the seconds it took to start or join Ray; shut down only a Ray that this call started."""
+def ray_session(address: str | None, *, preload: tuple[str, ...] = ()) -> Iterator[float]:
+    """Yield the seconds it took to start or join Ray; shut down only a Ray that this call started.
+
+    ``preload``: modules a Ray started here imports in its worker processes as they start (see start_local_ray).
+    """
     if ray.is_initialized():
         yield 0.0
         return
     started = time.perf_counter()
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(address)
     with keeping_sigterm_handler():
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            start_local_ray()
+            start_local_ray(preload)
     try:
         yield time.perf_counter() - started
     finally:
@@ -188,25 +199,93 @@ def keeping_sigterm_handler() -> Iterator[None]:
             signal.signal(signal.SIGTERM, before)
 
 
-def start_local_ray() -> None:
+def ray_address(configured: str | None) -> str | None:
+    """The Ray cluster a sweep joins: ``tune.ray_address``, else ``RAY_ADDRESS``; None for a Ray of its own."""
+    return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+def trial_modules(trial_fn: TrialFn) -> tuple[str, ...]:
+    """The modules a trial process imports before it can run ``trial_fn``: its own and this one (the trainable)."""
+    owner = trial_fn if isinstance(trial_fn, type | FunctionType) else type(trial_fn)
+    return tuple(dict.fromkeys([owner.__module__, __name__]))
+
+
+def start_local_ray(preload: tuple[str, ...] = ()) -> None:
     """A Ray on this machine alone: all its CPUs, no dashboard, trial output kept out of the driver's terminal.
 
     Its processes listen on 127.0.0.1 only: a local sweep has no other node to talk to, and Ray's ports on every
     interface would let anyone on the network submit work to it.
 
-    No idle workers are prestarted: Ray prestarts one per CPU with an empty runtime environment, and Tune creates
-    every trial actor with one of its own (``PL_DISABLE_FORK=1``, ``ray/tune/execution/class_cache.py``), so they
-    were never used — two more processes starting Python and Ray just as the trials' processes start.
+    The raylet starts one worker process per CPU as soon as it is up, while ``ray.init`` is still finishing, and
+    each imports ``preload`` (for a trial: torch, Lightning and the trial's code) once it has registered. Trials
+    then start in these processes (see trials_in_prestarted_workers) instead of starting Python and importing
+    torch after the Tuner has started: on 2 cores that was 7.5 s of every sweep. Ray gives a trial asked for
+    before they have registered a process of its own, so this waits (at most PRESTART_WAIT_S) until each has
+    said it registered (``tune.prestart``); their imports go on meanwhile.
     """
-    with _loopback_node():
-        ray.init(
-            num_cpus=os.cpu_count() or 1,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            _node_ip_address=LOOPBACK,
-            _system_config={"prestart_worker_first_driver": False},
-        )
+    cpus = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="dlforge-ray-") as ready:
+        with _loopback_node(), _environment(PRESTART_DIR_ENV, ready):  # the raylet, and so its workers, inherit it
+            ray.init(
+                num_cpus=cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                _node_ip_address=LOOPBACK,
+                _system_config={
+                    "enable_worker_prestart": True,  # at the raylet's start, not once the driver has connected
+                    "prestart_worker_first_driver": False,  # which would start a second set
+                    # Ray stops a worker idle for a second: it stopped the prestarted ones about a second after
+                    # the driver connected, often before the Tuner asked for trials, and started new ones for them
+                    "idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS,
+                    "preload_python_modules": [prestart.__name__, *preload],
+                },
+            )
+        _wait_for_files(Path(ready), cpus, PRESTART_WAIT_S)
+
+
+def _wait_for_files(folder: Path, count: int, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while len(list(folder.iterdir())) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def trials_in_prestarted_workers() -> Iterator[None]:
+    """While a sweep runs on a Ray started here, let its trials take the worker processes Ray prestarted.
+
+    Ray hands a prestarted process (started with no runtime environment) only to work that asks for none, and
+    Tune gives every trial actor one: ``PL_DISABLE_FORK=1`` (ray#28197), a switch Lightning stopped reading in 1.8.
+    Each trial then waited for a process of its own. Without that variable the trials' environment is empty and
+    they take the prestarted, preloaded processes; the workers of a Ray started here inherit the driver's
+    environment anyway. Variables Tune forwards from the driver (Ray Train's settings, cloud credentials) still
+    give the trials an environment, and processes of their own, when they are set.
+    """
+    from ray.tune.execution import class_cache  # Ray's own module: Tune reads this dict as each trial starts
+
+    defaults = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    if not isinstance(defaults, dict):  # another Ray version: trials start as Tune starts them
+        yield
+        return
+    saved = dict(defaults)
+    defaults.clear()
+    try:
+        yield
+    finally:
+        defaults.update(saved)
 
 
 @contextlib.contextmanager
@@ -263,6 +342,9 @@ def _quiet_tune() -> None:
     # Snapshot the experiment state every second, not every 10+: a killed driver then loses at most the last
     # second of trial bookkeeping, and --resume finds every trial that had started (ray#58179, #28082).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Set before Ray starts, so the trial processes of a local Ray inherit it: on actor reuse, Tune waits this long
+    # for a stopped trial's thread (see _graceful) instead of 2 s, after which it starts a fresh process instead.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(STOP_GRACE_S))
     # "Started a local Ray instance", "Wrote the latest version of all result files…": info, not for the terminal
     for name in ("ray", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -289,7 +371,7 @@ def _new_tuner(trial_fn: TrialFn, space: Mapping[str, Dimension], job: SweepJob,
         # A fresh process per trial pays Ray's actor start and the trial's imports (torch, Lightning: 5-12 s on 2
         # cores); a reused one only a reset (~20 ms). On a cluster, though, a reused actor takes the next trial onto
         # the node that came up first while the trial's own placement on another node is dropped.
-        reuse_actors=t.workers_per_trial == 1 and not (t.ray_address or os.environ.get("RAY_ADDRESS")),
+        reuse_actors=t.workers_per_trial == 1 and not ray_address(t.ray_address),
         trial_name_creator=_trial_name,
         trial_dirname_creator=_trial_name,
     )
@@ -381,8 +463,6 @@ def _graceful(trainable: Callable[[dict[str, Any]], None]) -> type:
     """
     from ray.train._internal.session import get_session, shutdown_session
     from ray.tune.trainable import wrap_function
-
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(STOP_GRACE_S))  # the same wait on actor reuse
 
     class GracefulTrainable(wrap_function(trainable)):
         def cleanup(self) -> None:

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from dl_lightning.errors import InputError
 from dl_lightning.modules.base import SupervisedModule
-from dl_lightning.nets.rnn import CELLS, RNNNet
+from dl_lightning.nets.rnn import CELLS, SUMMARIES, RNNNet
 
 
 class RNNModule(SupervisedModule):
@@ -17,15 +17,18 @@ class RNNModule(SupervisedModule):
         data: dict,
         cell: str = "lstm",
         hidden_size: int = 128,
-        num_layers: int = 2,
+        num_layers: int = 0,
         bidirectional: bool = False,
         embed_dim: int = 64,
         dropout: float = 0.1,
         optim: dict | None = None,
+        summary: str = "last",  # what checkpoints saved before the key existed were trained with; configs say auto
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if cell not in CELLS:
             raise InputError(f"model.rnn.cell={cell} is unknown; use one of {', '.join(CELLS)}")
+        if summary not in SUMMARIES:
+            raise InputError(f"model.rnn.summary={summary} is unknown; use one of {', '.join(SUMMARIES)}")
         self.init_supervised(data, optim)
-        self.net = RNNNet(data, cell, hidden_size, num_layers, bidirectional, embed_dim, dropout)
+        self.net = RNNNet(data, cell, hidden_size, num_layers, bidirectional, embed_dim, dropout, summary)

@@ -8,15 +8,31 @@ from torch import nn
 from dl_lightning.nets.common import standardizer, vocab_size
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+SUMMARIES = ("auto", "last", "max")
 
 
 class RNNNet(nn.Module):
     """Input ``(B, T, F)`` raw features or ``(B, T)`` int64 token ids → ``(B, num_outputs)``.
 
-    The summary of a sequence is the forward direction's output at the last real step and, when bidirectional,
-    the backward direction's output at the first real step: each direction's state after every real token.
-    For text "real" means not padding (id 0), found with an argmax over positions rather than
-    ``pack_padded_sequence``, so the graph stays ONNX-exportable and works for left or right padding alike.
+    ``summary`` says what the head reads, ``(B, D*H)`` either way (D = 2 when bidirectional, forward units first):
+
+    - ``max``: each unit's largest output over the real steps (max pooling over time, as InferSent and ULMFiT's
+      concat pooling do). Every step reaches the head in one hop, so a word that decides the class need not be
+      carried through the rest of the sentence first.
+    - ``last``: the forward direction's output at the last real step and, when bidirectional, the backward
+      direction's at the first real step: each direction's state after every real token. It keeps order and place,
+      which a max throws away.
+    - ``auto``: ``max`` for text, where a few words anywhere decide; ``last`` for sequences, where the whole in its
+      order does. Measured (docs/benchmarks.md, model quality): on made-up reviews the one-layer LSTM learned the
+      task by epoch 7 on every seed with ``max``, at 9 or later with ``last``; on digits read row by row ``max``
+      cost 4–7 points.
+
+    ``num_layers`` 0 means one layer for text and two for sequences: over word embeddings a second layer made the
+    LSTM learn made-up reviews later (at epoch 10 or never where one layer took 7, with ``max``); over raw signal
+    samples it gained 6–32 points (1-D wave shapes, 3 seeds).
+
+    For text "real" means not padding (id 0), found with a mask rather than ``pack_padded_sequence``, so the graph
+    stays ONNX-exportable and works for left or right padding alike.
     """
 
     def __init__(
@@ -28,9 +44,12 @@ class RNNNet(nn.Module):
         bidirectional: bool,
         embed_dim: int,
         dropout: float,
+        summary: str = "last",
     ) -> None:
         super().__init__()
         self.text = data["kind"] == "text"
+        self.summary = ("max" if self.text else "last") if summary == "auto" else summary
+        num_layers = num_layers or (1 if self.text else 2)
         self.bidirectional = bidirectional
         self.hidden_size = hidden_size
         self.norm = standardizer(data)
@@ -54,7 +73,9 @@ class RNNNet(nn.Module):
         return self.head(self.dropout(self._summary(out, x)))  # (B, num_outputs)
 
     def _summary(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``(B, T, D*H)`` → ``(B, D*H)``: forward output at the last real step, backward at the first."""
+        """``(B, T, D*H)`` → ``(B, D*H)``: the max over real steps, or forward at the last and backward at the first."""
+        if self.summary == "max":
+            return _max_over_real_steps(out, x) if self.text else out.amax(dim=1)
         H = self.hidden_size
         if self.text:
             steps = torch.arange(1, out.shape[1] + 1, device=x.device)  # (T,) 1-based: padding never wins
@@ -65,3 +86,13 @@ class RNNNet(nn.Module):
         else:
             forward, backward = out[:, -1, :H], out[:, 0, H:]  # fixed length: every step is real
         return torch.cat([forward, backward], dim=1) if self.bidirectional else forward
+
+
+def _max_over_real_steps(out: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, T, C)`` outputs, ``(B, T)`` token ids → ``(B, C)``: each channel's max over the non-padding steps.
+
+    Every cell's output is a tanh (or an LSTM's gated tanh), inside (−1, 1): −1 at a padding step never wins, and an
+    all-padding row comes out −1 rather than an infinity that would upset quantization's calibration ranges.
+    """
+    padding = (tokens == 0).unsqueeze(-1)  # (B, T, 1)
+    return out.masked_fill(padding, -1.0).amax(dim=1)  # (B, C)

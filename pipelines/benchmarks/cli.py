@@ -11,6 +11,7 @@ from pipelines.outputs import check_writable
 
 NAMES = (
     *("loop", "tracking", "process", "gpu", "ddp", "sweeps", "compression", "distill", "input", "main_job", "quality"),
+    "user_data",
     *("transfer", "imbalance", "ensemble"),
 )
 BENCH_HELP = "run the benchmarks (side-by-side ratios, median of repeats) and write <out>.json and <out>.md"

@@ -161,7 +161,8 @@ def interpretation(rows: list[Row]) -> str:
         "- Both do the same work (the script validates every epoch, tests once and saves a checkpoint); what dlforge "
         "adds is fixed cost: importing Lightning and MLflow (the script imports torch and numpy only), the config and "
         "data checks, the tracking run, the review plots, and one extra checkpoint per epoch (`last.ckpt`, fsynced, "
-        "so a resume never loses more than an epoch).\n"
+        "so a resume never loses more than an epoch). Both pay their imports; dlforge skips the interpreter's "
+        "teardown once its exit handlers have run, the plain script does not.\n"
         "- Fresh processes alternating on the shared 2-core machine; the CPU-time ratio is the steadier of the two "
         "when other jobs compete for the cores."
     )

@@ -26,6 +26,7 @@ BENCHMARKS = {
     "input": "pipelines.benchmarks.input",
     "main_job": "pipelines.benchmarks.main_job",
     "quality": "pipelines.benchmarks.quality",
+    "user_data": "pipelines.benchmarks.user_data",
     "transfer": "pipelines.benchmarks.transfer",
     "imbalance": "pipelines.benchmarks.imbalance",
     "ensemble": "pipelines.benchmarks.ensemble",

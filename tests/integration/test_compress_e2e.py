@@ -1,4 +1,6 @@
-"""Tiny train → compress end to end: digits CNN (static QDQ) and breast-cancer MLP (dynamic INT8)."""
+"""Tiny train → compress end to end: digits CNN (static QDQ) from a checkpoint file, and breast-cancer MLP (dynamic
+INT8) from the registry, then predict through the ONNX version it registered. Both check the same compress outputs
+(``assert_compressed``); the registry one is the dynamic case, so no second MLP is trained only to be compressed."""
 
 from __future__ import annotations
 
@@ -12,25 +14,10 @@ DYNAMIC = "compress.quantization=dynamic"  # a fixed recipe makes every artifact
 LENIENT = ["compress.max_student_drop=100", "compress.max_int8_drop=100"]  # 1-epoch students: gates tested in unit
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize(
-    ("source", "family", "recipe"),
-    [("builtin:digits", "cnn", "static"), ("builtin:breast_cancer", "mlp", "dynamic")],
-)
-def test_train_then_compress(cli, tiny, tmp_path, source, family, recipe):
-    data = [f"data.source={source}", f"model.family={family}"]
-    code, _, err = cli("train", *tiny, *data)
-    assert code == 0, err
-    teacher = tmp_path / "out" / "checkpoints" / "best.ckpt"
-    out = tmp_path / "compressed"
-    recipe_arg = f"compress.quantization={recipe}"  # a fixed recipe (the autotuner has its own test)
-    code, stdout, err = cli(
-        "compress", *tiny, *data, *SHORT, *LENIENT, recipe_arg, f"output_dir={out}", "--teacher", str(teacher)
-    )
-    assert code == 0, err
+def assert_compressed(out: Path, stdout: str, recipe: str) -> dict:
+    """What a compress job with ``recipe`` leaves in ``out`` and prints: the report's seven rows, teacher parity,
+    a smaller student, the gates, and the four ONNX files; returns its summary."""
     assert "teacher INT8" in stdout
-
     report = json.loads((out / "compress_report.json").read_text())
     names = [r["model"] for r in report["rows"]]
     assert names == [
@@ -53,12 +40,30 @@ def test_train_then_compress(cli, tiny, tmp_path, source, family, recipe):
     assert {g["name"] for g in summary["gates"]} >= {"teacher parity", "teacher INT8 drop", "student drop"}
     for key in ("teacher", "teacher-int8", "student", "student-int8"):
         assert Path(summary["paths"][f"onnx_{key.replace('-', '_')}"]).is_file()
+    return summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_train_then_compress_a_checkpoint_file_with_static_int8(cli, tiny, tmp_path):
+    data = ["data.source=builtin:digits", "model.family=cnn"]
+    code, _, err = cli("train", *tiny, *data)
+    assert code == 0, err
+    teacher = tmp_path / "out" / "checkpoints" / "best.ckpt"
+    out = tmp_path / "compressed"
+    static = "compress.quantization=static"  # a fixed recipe (the autotuner has its own test)
+    code, stdout, err = cli(
+        "compress", *tiny, *data, *SHORT, *LENIENT, static, f"output_dir={out}", "--teacher", str(teacher)
+    )
+    assert code == 0, err
+    assert_compressed(out, stdout, "static")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_registry_round_trip_train_compress_predict(cli, tiny, tmp_path, store):
-    """train (registered) → compress --teacher models:/…@candidate → ONNX version registered → predict through it."""
+def test_registry_round_trip_train_compress_with_dynamic_int8_predict(cli, tiny, tmp_path, store):
+    """train (registered) → compress --teacher models:/…@candidate (dynamic INT8) → ONNX version registered →
+    predict through it."""
     import numpy as np
     import pandas as pd
     from mlflow import MlflowClient
@@ -77,9 +82,9 @@ def test_registry_round_trip_train_compress_predict(cli, tiny, tmp_path, store):
     )
     assert code == 0, err
     assert "models:/dlforge-mlp-onnx@candidate" in stdout
+    summary = assert_compressed(out, stdout, "dynamic")
 
     client = MlflowClient(tracking_uri=store)
-    summary = json.loads((out / "summary.json").read_text())
     teacher_run = client.get_model_version_by_alias("dlforge-mlp", "candidate").run_id
     assert summary["teacher_run_id"] == teacher_run and summary["registered"]["model"] == "teacher-int8"
     version = client.get_model_version_by_alias("dlforge-mlp-onnx", "candidate")

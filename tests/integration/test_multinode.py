@@ -47,8 +47,8 @@ def torchrun_node(port: int, cwd: Path, args: list[str], env: dict[str, str]) ->
 
 
 @pytest.mark.timeout(280)
-def test_two_nodes_train_one_run_and_agree_on_metrics(tmp_path):
-    out, probes, store = tmp_path / "shared" / "out", tmp_path / "probes", f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_two_nodes_train_one_run_and_agree_on_metrics(tmp_path, store):
+    out, probes = tmp_path / "shared" / "out", tmp_path / "probes"
     probes.mkdir()
     args = ["train", "model.family=mlp", "data.source=builtin:iris", "trainer.max_epochs=2", "data.batch_size=16"]
     args += ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "tracking.experiment=multinode"]
@@ -134,7 +134,8 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_sigusr1_requeues_and_the_requeued_job_continues_the_same_run(tmp_path):
+def test_sigusr1_requeues_and_the_requeued_job_continues_the_same_run(tmp_path, store):
+    # `store`: train_command's tmp_path/mlflow.db, its tables made before the first job starts
     out, calls = tmp_path / "out", tmp_path / "scontrol.calls"
     first_log: list[str] = []
     job = subprocess.Popen(

@@ -26,6 +26,12 @@ from tests.servers import free_port, wait_until_up
 pytestmark = [pytest.mark.slow]
 
 
+@pytest.fixture(autouse=True)
+def _store_made(store):
+    """Every test's store, ``tmp_path/mlflow.db``, starts with its tables made: a job that made them would spend
+    seconds on migrations before its fault comes (faults to a store being made are test_faults' business)."""
+
+
 def common(tmp_path: Path, name: str, epochs: int = 400, output: str | None = None) -> list[str]:
     """A small MLP on digits in experiment ``name``; many epochs, so a job is still training when the fault comes."""
     return [
@@ -156,39 +162,41 @@ def test_kill_9_of_ddp_rank_0_leaves_no_other_rank_running(tmp_path):
         assert survivors(ranks, 30) == []
 
 
-@pytest.mark.timeout(240)
-def test_sigterm_to_dlforge_run_alone_reaches_the_child_exits_143_and_closes_both_runs(tmp_path):
+def written_files(folder: Path) -> list[str]:
+    """The files in ``folder``, checkpoints aside (the job writes those every epoch)."""
+    return sorted(p.name for p in folder.rglob("*") if p.is_file() and p.parent.name != "checkpoints")
+
+
+@pytest.mark.timeout(300)
+def test_a_second_job_is_refused_then_sigterm_to_dlforge_run_alone_reaches_the_child_exits_143_and_closes_both_runs(
+    tmp_path,
+):
+    """One training job takes both: two jobs on its output_dir are refused naming its pid (it goes on, nothing of
+    theirs is written), then ``kill PID`` of its parent ends it cleanly."""
     with dlforge(*run_command(tmp_path, "stopped")) as job:
-        read_until(job, "epoch 2/")
+        read_until(job, "epoch 1/")
+        wait_for_run(tmp_path, "stopped", "mlp")  # the child's run opens beside its fit: counted below
+        before = written_files(tmp_path / "stopped")
+        for command in (run_command(tmp_path, "stopped"), ["train", *common(tmp_path, "stopped")]):
+            second = subprocess.run(
+                [sys.executable, "-m", "pipelines", *command], capture_output=True, text=True, timeout=120
+            )
+            assert second.returncode == 2, second.stderr[-3000:]
+            assert second.stdout == "" and second.stderr.count("\n") == 1, second.stderr
+            assert f"pid {job.pid} " in second.stderr
+        assert job.poll() is None  # the first job goes on
+        assert written_files(tmp_path / "stopped") == before
+        assert len(runs(tmp_path, "stopped")) == 2  # the job's pipeline and train runs; none from the refused ones
+
+        read_until(job, "epoch 2/")  # still training after the refusals
         children = descendants(job.pid)
         job.send_signal(signal.SIGTERM)  # `kill PID`: the parent only
         out = job.communicate(timeout=120)[0]
         assert job.returncode == 143, out[-3000:]
         assert survivors(children, 5) == []  # waited for: gone before the parent exited
     assert "SIGTERM: saved" in out  # the child got it and saved last.ckpt
-    assert set(runs(tmp_path, "stopped").values()) == {"KILLED"}
-
-
-@pytest.mark.timeout(240)
-def test_a_second_job_on_the_same_output_dir_is_refused_naming_the_holder_pid(tmp_path):
-    with dlforge(*run_command(tmp_path, "busy")) as first:
-        read_until(first, "epoch 1/")
-        before = sorted(
-            p.name for p in (tmp_path / "busy").rglob("*") if p.is_file() and p.parent.name != "checkpoints"
-        )
-        for command in (run_command(tmp_path, "busy"), ["train", *common(tmp_path, "busy")]):
-            second = subprocess.run(
-                [sys.executable, "-m", "pipelines", *command], capture_output=True, text=True, timeout=120
-            )
-            assert second.returncode == 2, second.stderr[-3000:]
-            assert second.stdout == "" and second.stderr.count("\n") == 1, second.stderr
-            assert f"pid {first.pid} " in second.stderr
-        assert first.poll() is None  # the first job goes on
-    assert (
-        sorted(p.name for p in (tmp_path / "busy").rglob("*") if p.is_file() and p.parent.name != "checkpoints")
-        == before
-    )
-    assert len(runs(tmp_path, "busy")) == 2  # the first job's pipeline and train runs; none from the refused ones
+    statuses = runs(tmp_path, "stopped")
+    assert len(statuses) == 2 and set(statuses.values()) == {"KILLED"}, statuses
 
 
 @pytest.mark.timeout(240)

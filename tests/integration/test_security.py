@@ -120,9 +120,9 @@ def test_an_input_error_inside_trials_is_one_line_and_never_retried(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_credentials_in_an_http_tracking_uri_never_reach_the_terminal_or_files(tmp_path):
+def test_credentials_in_an_http_tracking_uri_never_reach_the_terminal_or_files(tmp_path, store):
     (tmp_path / "server").mkdir()
-    with mlflow_server(tmp_path / "server") as url:
+    with mlflow_server(tmp_path / "server", backend_store_uri=store) as url:  # a store made before: starts sooner
         secret_url = url.replace("http://", "http://alice:s3cretPW@")
         out = tmp_path / "out"
         args = ["model.family=mlp", "data.source=builtin:iris", "trainer.max_epochs=1", f"output_dir={out}"]

@@ -219,3 +219,39 @@ def test_a_crashing_trial_is_retried(ray_address, tmp_path):
     )
     (failed,) = run_sweep(crash_once, space, no_retry).trials
     assert failed.status == "error" and "injected crash" in failed.error
+
+
+def report_process(params: dict, ctx) -> None:
+    """A trial function that reports when its process started."""
+    import psutil
+    from ray import tune as ray_tune
+
+    ray_tune.report({"val/acc": params["x"], "process_started": psutil.Process().create_time()})
+
+
+PRESTARTED_PROBE = """
+import json, sys, time
+from tests.integration.test_sweep import report_process
+from tune.settings import SweepJob, TrialResourcesConfig, TuneConfig
+from tune.space import parse_space
+from tune.sweep import run_sweep
+
+settings = TuneConfig(num_samples=2, scheduler="fifo", resources_per_trial=TrialResourcesConfig(cpu=1))
+job = SweepJob(settings, "val/acc", "max", sys.argv[1] + "/tune", sys.argv[1] + "/trials", 1, verbose=False)
+called = time.time()
+outcome = run_sweep(report_process, parse_space({"x": {"choice": [0.5]}}, ["x"]), job)
+print(json.dumps({"ray_ready": called + outcome.ray_start_s, "trials": [t.last_result for t in outcome.trials]}))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_local_sweeps_trials_run_in_the_processes_ray_prestarted(tmp_path):
+    # its own process: the sweep must start its own Ray, and this module's fixture keeps one running in this one
+    done = subprocess.run(
+        [sys.executable, "-c", PRESTARTED_PROBE, str(tmp_path)], capture_output=True, text=True, timeout=170
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(seen["trials"]) == 2
+    for trial in seen["trials"]:  # started while ray.init ran, not for the trial after the Tuner asked
+        assert trial["process_started"] < seen["ray_ready"], seen

@@ -1,5 +1,6 @@
-"""A user's own model through every stage: 2-process DDP training, a sweep over its own arguments, `dlforge run` of
-each example end to end (export, parity, INT8, a distilled student, registry), and a model that does not export."""
+"""A user's own model through every stage: a sweep over its own arguments, `dlforge run` of each example end to end
+(export, parity, INT8, a distilled student, registry), and a model that does not export. Its 2-process DDP training
+is in test_ddp.py (the same fit also shows that rank 0 alone writes)."""
 
 from __future__ import annotations
 
@@ -21,25 +22,6 @@ DIGITS_CHANCE = 0.1
 
 def _ok(proc) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-@pytest.mark.timeout(600)
-def test_a_user_net_trains_on_two_ddp_processes(tmp_path):
-    proc = run_dlforge(
-        "train",
-        f"model.family={NET}",
-        "data.source=builtin:digits",
-        "trainer.max_epochs=3",
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "trainer.accelerator=cpu",
-        "tracking.enabled=false",
-        f"output_dir={tmp_path}",
-        timeout=540,
-    )
-    _ok(proc)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["metrics"]["test/acc"] > DIGITS_CHANCE + 0.5
 
 
 @pytest.mark.timeout(900)
@@ -65,14 +47,13 @@ def test_a_sweep_searches_the_models_own_arguments(tmp_path):
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("config", ["byo_net.yaml", "byo_lightning.yaml"])
-def test_each_example_runs_end_to_end(config, tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_each_example_runs_end_to_end(config, tmp_path, store):
     proc = run_dlforge(
         "run",
         str(ROOT / "configs" / config),
         "--no-sweep",
-        "trainer.max_epochs=4",
-        "compress.max_student_drop=100",  # four epochs: the gate's mechanics, not the student's quality
+        "trainer.max_epochs=2",  # digits: ~0.9 after two epochs (teacher, then student and scratch, as many)
+        "compress.max_student_drop=100",  # two epochs: the gate's mechanics, not the student's quality
         "compress.latency_repeats=3",
         f"output_dir={tmp_path / 'out'}",
         f"tracking.uri={store}",
@@ -106,15 +87,14 @@ class Untraceable(nn.Module):
 
 
 @pytest.mark.timeout(600)
-def test_a_model_that_does_not_export_stops_compress_in_one_line(tmp_path):
+def test_a_model_that_does_not_export_stops_compress_in_one_line(tmp_path, store):
     (tmp_path / "untraceable.py").write_text(UNTRACEABLE)
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = run_dlforge(
         "run",
         f"model.family={tmp_path / 'untraceable.py'}:Untraceable",
         "data.source=builtin:digits",
         "--no-sweep",
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=1",  # a checkpoint to register and export is all it needs
         f"output_dir={tmp_path / 'out'}",
         f"tracking.uri={store}",
         "tracking.experiment=untraceable",

@@ -1,5 +1,6 @@
 """tune.space → dimensions, and every bad sweep input rejected before Ray starts (one line, exit 2)."""
 
+import os
 import sys
 
 import pytest
@@ -200,3 +201,43 @@ def test_trial_clock_tells_start_up_from_hand_offs():
     assert clock.startup_s() == 10.0
     assert clock.handoff_s(concurrency=2) == pytest.approx(0.35)  # (0.5 + 0.2) / 2
     assert TrialClock().handoff_s(concurrency=2) is None
+
+
+def test_trials_ask_for_no_runtime_environment_only_while_a_local_sweep_runs(monkeypatch):
+    """Ray gives its prestarted worker processes only to work without a runtime environment; Tune's own default
+    (PL_DISABLE_FORK) comes back once the sweep is over."""
+    from ray.tune.execution.class_cache import ENV_VARS_TO_PROPAGATE, _ActorClassCache
+    from ray.tune.trainable import Trainable
+
+    from tune.sweep import trials_in_prestarted_workers
+
+    for name in ENV_VARS_TO_PROPAGATE:  # forwarded from the driver when set: each would be an environment
+        monkeypatch.delenv(name, raising=False)
+
+    class Probe(Trainable):
+        pass
+
+    with trials_in_prestarted_workers():
+        inside = _ActorClassCache().get(Probe)._default_options.get("runtime_env")
+    outside = _ActorClassCache().get(Probe)._default_options.get("runtime_env")
+    assert not inside
+    assert outside["env_vars"] == {"PL_DISABLE_FORK": "1"}
+
+
+def test_a_prestarted_worker_announces_itself_once_it_can_take_work(tmp_path, monkeypatch):
+    from tune import prestart
+
+    monkeypatch.setenv(prestart.PRESTART_DIR_ENV, str(tmp_path))
+    prestart.announce()
+    assert [p.name for p in tmp_path.iterdir()] == [str(os.getpid())]
+    monkeypatch.setenv(prestart.PRESTART_DIR_ENV, str(tmp_path / "gone"))  # the driver has stopped waiting
+    prestart.announce()  # no error
+
+
+def test_trial_processes_preload_the_trial_functions_module_and_the_trainables():
+    from pipelines.sweep import TrainingTrial
+    from tune.sweep import trial_modules
+
+    trial = TrainingTrial(Config(), "val/acc", None, "/tmp")
+    assert trial_modules(trial) == ("pipelines.sweep", "tune.sweep")
+    assert trial_modules(test_trial_config_is_one_process_in_its_own_folder) == (__name__, "tune.sweep")
