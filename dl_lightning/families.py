@@ -57,6 +57,7 @@ class TransformerConfig:
     nhead: int = field(default=4, metadata=bounds(ge=1))
     num_layers: int = field(default=2, metadata=bounds(ge=1))
     dim_feedforward: int = field(default=128, metadata=bounds(ge=1))
+    summary: Literal["auto", "mean", "max"] = "auto"  # what the head reads: auto = max over words, mean for sequences
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,17 @@ def vocab_size(data: dict) -> int:
     return max(len(data.get("vocab") or ()), 2)
 
 
+def masked_max(h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Each channel's max over the time axis of ``h`` (B, T, C), skipping padding positions (token id 0).
+
+    A padding step takes its channel's lowest value in that row, so it never beats a real step and stays inside the
+    range quantization calibrates; an all-padding row gives that lowest value, never an infinity.
+    """
+    padding = (tokens == 0).unsqueeze(-1)  # (B, T, 1)
+    floor = h.amin(dim=1, keepdim=True)  # (B, 1, C)
+    return torch.where(padding, floor, h).amax(dim=1)  # (B, C)
+
+
 def masked_mean(h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Mean over the time axis of ``h`` (B, T, C), skipping padding positions (token id 0)."""
     mask = (tokens != 0).unsqueeze(-1).to(h.dtype)  # (B, T, 1)

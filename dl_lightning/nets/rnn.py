@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dl_lightning.nets.common import standardizer, vocab_size
+from dl_lightning.nets.common import masked_max, standardizer, vocab_size
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 SUMMARIES = ("auto", "last", "max")
@@ -75,7 +75,7 @@ class RNNNet(nn.Module):
     def _summary(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``(B, T, D*H)`` → ``(B, D*H)``: the max over real steps, or forward at the last and backward at the first."""
         if self.summary == "max":
-            return _max_over_real_steps(out, x) if self.text else out.amax(dim=1)
+            return masked_max(out, x) if self.text else out.amax(dim=1)
         H = self.hidden_size
         if self.text:
             steps = torch.arange(1, out.shape[1] + 1, device=x.device)  # (T,) 1-based: padding never wins
@@ -86,13 +86,3 @@ class RNNNet(nn.Module):
         else:
             forward, backward = out[:, -1, :H], out[:, 0, H:]  # fixed length: every step is real
         return torch.cat([forward, backward], dim=1) if self.bidirectional else forward
-
-
-def _max_over_real_steps(out: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``(B, T, C)`` outputs, ``(B, T)`` token ids → ``(B, C)``: each channel's max over the non-padding steps.
-
-    Every cell's output is a tanh (or an LSTM's gated tanh), inside (−1, 1): −1 at a padding step never wins, and an
-    all-padding row comes out −1 rather than an infinity that would upset quantization's calibration ranges.
-    """
-    padding = (tokens == 0).unsqueeze(-1)  # (B, T, 1)
-    return out.masked_fill(padding, -1.0).amax(dim=1)  # (B, C)

@@ -1,4 +1,4 @@
-"""Transformer encoder over sequences ``(T, F)`` or token ids ``(T,)``, mean-pooled per example (text: real tokens)."""
+"""Transformer encoder over sequences ``(T, F)`` or token ids ``(T,)``, pooled per example (text: real tokens only)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
-from dl_lightning.nets.common import masked_mean, standardizer, vocab_size
+from dl_lightning.nets.common import masked_max, masked_mean, standardizer, vocab_size
+
+SUMMARIES = ("auto", "mean", "max")
 
 
 def sinusoidal_table(length: int, d_model: int) -> torch.Tensor:
@@ -32,7 +34,13 @@ class TransformerNet(nn.Module):
     Text attends only to real tokens, as a plain script's encoder does: a key-padding mask hides the padding
     (token id 0), so a short sentence's summary is not diluted by up to ``max_len`` padding positions carrying
     nothing but the position table. The first position is never masked, so an all-padding example stays finite
-    (a fully masked softmax row is NaN). The pooled summary is the mean over real tokens.
+    (a fully masked softmax row is NaN).
+
+    ``summary`` says how the head reads the encoder's outputs: ``mean`` over the (real) positions, or ``max``, each
+    unit's largest output over the real tokens; ``auto`` is ``max`` for text and ``mean`` for sequences. On made-up
+    reviews, where a `not` flips a verdict, the max learned the task within 10 epochs where the mean sat near 50 %
+    (+18 points against the plain one-layer encoder, against −4.7 with the mean, seeds 0–4); on Python's manual it
+    was level or ahead (docs/benchmarks.md, model quality). It is the rnn family's text summary too.
 
     Positions: text learns its table (parameter ``position``, starting at zero, so a word at first means the same
     wherever it stands); sequences add the fixed sinusoidal table (a non-persistent buffer of the same name). Text
@@ -41,10 +49,18 @@ class TransformerNet(nn.Module):
     """
 
     def __init__(
-        self, data: dict, d_model: int, nhead: int, num_layers: int, dim_feedforward: int, dropout: float
+        self,
+        data: dict,
+        d_model: int,
+        nhead: int,
+        num_layers: int,
+        dim_feedforward: int,
+        dropout: float,
+        summary: str = "mean",
     ) -> None:
         super().__init__()
         self.text = data["kind"] == "text"
+        self.summary = ("max" if self.text else "mean") if summary == "auto" else summary
         self.norm = standardizer(data)
         if self.text:
             self.embed: nn.Module = nn.Embedding(vocab_size(data), d_model, padding_idx=0)
@@ -68,5 +84,10 @@ class TransformerNet(nn.Module):
         pad = padding_mask(x) if self.text else None  # (B, T) or None
         h = h + self.position if self.text else self.dropout(h + self.position)  # (B, T, d_model)
         h = self.encoder(h, src_key_padding_mask=pad)  # (B, T, d_model)
-        pooled = masked_mean(h, x) if self.text else h.mean(dim=1)  # (B, d_model)
-        return self.head(pooled)  # (B, num_outputs)
+        return self.head(self._pool(h, x))  # (B, num_outputs)
+
+    def _pool(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, d_model)`` → ``(B, d_model)``: the mean or the max over time, over real tokens for text."""
+        if self.summary == "max":
+            return masked_max(h, x) if self.text else h.amax(dim=1)
+        return masked_mean(h, x) if self.text else h.mean(dim=1)
