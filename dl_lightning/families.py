@@ -47,7 +47,8 @@ class RNNConfig:
     hidden_size: int = field(default=128, metadata=bounds(ge=1))
     num_layers: int = field(default=0, metadata=bounds(ge=0))  # 0 = auto: 1 for text, 2 for sequences (nets/rnn.py)
     bidirectional: bool = False
-    embed_dim: int = field(default=64, metadata=bounds(ge=1))  # token embedding size for text
+    # token embedding size for text (sequences have no embedding); 128 learned faster than 64 (docs/benchmarks.md)
+    embed_dim: int = field(default=128, metadata=bounds(ge=1))
     summary: Literal["auto", "last", "max"] = "auto"  # what the head reads: auto = max over words, last for sequences
 
 

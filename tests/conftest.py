@@ -18,14 +18,27 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 @pytest.fixture
 def tiny(tmp_path: Path) -> list[str]:
     """Overrides that shrink any job to seconds: one epoch, small batches limited, tracking off, output in tmp."""
+    return shrunk(tmp_path)
+
+
+def shrunk(folder: Path) -> list[str]:
+    """``tiny``'s overrides, writing under ``folder / 'out'``."""
     return [
-        f"output_dir={tmp_path / 'out'}",
+        f"output_dir={folder / 'out'}",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=4",
         "trainer.limit_val_batches=2",
         "data.batch_size=32",
         "tracking.enabled=false",
     ]
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_checkpoint(tmp_path_factory) -> Path:
+    """A CNN trained briefly (``tiny``) on digits, once per session: the teacher the compress tests start from."""
+    folder = tmp_path_factory.mktemp("digits_cnn")
+    assert main(["train", *shrunk(folder), "data.source=builtin:digits", "model.family=cnn"]) == 0
+    return folder / "out" / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ class RNNModule(SupervisedModule):
         hidden_size: int = 128,
         num_layers: int = 0,
         bidirectional: bool = False,
-        embed_dim: int = 64,
+        embed_dim: int = 64,  # every checkpoint saved it; configs say 128 (dl_lightning/families.py)
         dropout: float = 0.1,
         optim: dict | None = None,
         summary: str = "last",  # what checkpoints saved before the key existed were trained with; configs say auto

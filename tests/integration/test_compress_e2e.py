@@ -45,12 +45,9 @@ def assert_compressed(out: Path, stdout: str, recipe: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_train_then_compress_a_checkpoint_file_with_static_int8(cli, tiny, tmp_path):
+def test_train_then_compress_a_checkpoint_file_with_static_int8(cli, tiny, tmp_path, digits_cnn_checkpoint):
     data = ["data.source=builtin:digits", "model.family=cnn"]
-    code, _, err = cli("train", *tiny, *data)
-    assert code == 0, err
-    teacher = tmp_path / "out" / "checkpoints" / "best.ckpt"
-    out = tmp_path / "compressed"
+    teacher, out = digits_cnn_checkpoint, tmp_path / "compressed"
     static = "compress.quantization=static"  # a fixed recipe (the autotuner has its own test)
     code, stdout, err = cli(
         "compress", *tiny, *data, *SHORT, *LENIENT, static, f"output_dir={out}", "--teacher", str(teacher)

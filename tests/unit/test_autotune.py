@@ -226,14 +226,12 @@ def test_variant_labels_name_what_they_are():
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_compress_auto_reports_every_variant_and_ships_the_winner(cli, tiny, tmp_path):
+def test_compress_auto_reports_every_variant_and_ships_the_winner(cli, tiny, tmp_path, digits_cnn_checkpoint):
     """dlforge train → dlforge compress (quantization=auto, no student) on digits with the CNN."""
     import json
 
     data = ["data.source=builtin:digits", "model.family=cnn"]
-    code, _, err = cli("train", *tiny, *data)
-    assert code == 0, err
-    out, teacher = tmp_path / "compressed", tmp_path / "out" / "checkpoints" / "best.ckpt"
+    out, teacher = tmp_path / "compressed", digits_cnn_checkpoint
     short = ["compress.epochs=0", "compress.latency_repeats=3", "compress.calibration_batches=2"]
     code, _, err = cli("compress", *tiny, *data, *short, f"output_dir={out}", "--teacher", str(teacher))
     assert code == 0, err

@@ -43,6 +43,22 @@ def test_auto_summary_is_max_for_text_and_the_familys_own_for_sequences(family):
         _default_net("text", family, summary="first")
 
 
+def test_rnn_embeds_words_in_128_dims_and_sequences_do_not_depend_on_it():
+    """The default word embedding is 128 wide (it learned faster than 64, docs/benchmarks.md); a sequence net has no
+    embedding, so the key leaves it computing exactly what it did."""
+    arch = dataclasses.replace(ModelConfig(), family="rnn").arch()
+    spec = tiny_spec("text", input_shape=(9,))
+    assert build_model("rnn", spec, arch, {}).net.embed.embedding_dim == 128
+    x = torch.randn(4, 6, 3)
+    outputs = []
+    for embed_dim in (64, 128):
+        torch.manual_seed(0)
+        net = build_model("rnn", tiny_spec("sequence"), arch | {"embed_dim": embed_dim}, {}).eval()
+        with torch.no_grad():
+            outputs.append(net(x))
+    assert torch.equal(*outputs)
+
+
 def test_transformer_text_max_summary_reads_only_real_words():
     model = _default_net("text", "transformer")
     words = torch.tensor([[5, 6, 7, 0, 0, 0, 0, 0, 0]])
