@@ -1,6 +1,6 @@
 """Reliability guards around the one fit loop: preemption, divergence and untrusted checkpoints.
 
-- ``fit_guards(checkpoint_dir)`` — the callbacks ``fit_module`` adds to every fit:
+- ``fit_guards(checkpoint_dir)`` — what ``fit_module`` adds to every fit: one :class:`FitGuards` callback, both
   :class:`NonFiniteLossGuard` (a NaN/Inf loss stops training with the epoch and step named, and no checkpoint
   is ever written from a non-finite state, so the last good ``last.ckpt`` is kept) and
   :class:`PreemptionCheckpoint` (on SIGTERM — how SLURM preempts — ``last.ckpt`` is saved with the state at the
@@ -52,7 +52,7 @@ def fit_guards(checkpoint_dir: str | Path, monitor: str | None = None) -> list[C
     ``monitor``: the checkpoint metric; a save while it or any loss is NaN/Inf is refused, as one with non-finite
     weights is.
     """
-    return [NonFiniteLossGuard(monitor=monitor), PreemptionCheckpoint(Path(checkpoint_dir) / "last.ckpt")]
+    return [FitGuards(Path(checkpoint_dir) / "last.ckpt", monitor=monitor)]
 
 
 class NonFiniteLossGuard(Callback):
@@ -97,7 +97,7 @@ class NonFiniteLossGuard(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._check()
         where = f"by epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
-        if not all_finite(pl_module):
+        if not _saved_weights_finite(checkpoint, pl_module):
             raise NonFiniteLossError(
                 f"the weights became non-finite {where}; the last good checkpoint is kept — lower optim.lr or set "
                 "trainer.gradient_clip_val"
@@ -136,10 +136,23 @@ def non_finite_metrics(metrics: dict[str, Any], monitor: str | None) -> list[str
     return sorted(bad, key=lambda k: (k != monitor, k not in ("val/loss", "train/loss"), k))  # most telling first
 
 
+def _saved_weights_finite(checkpoint: dict, module: torch.nn.Module) -> bool:
+    """True when the weights being saved are finite: the checkpoint's own ``state_dict`` tensors (no walk of the
+    module tree — half of this check's cost on a small net), else — a strategy that saves sharded weights
+    elsewhere — every parameter and buffer of ``module``."""
+    saved = [t for t in checkpoint.get("state_dict", {}).values() if isinstance(t, torch.Tensor)]
+    return tensors_finite(saved) if saved else all_finite(module)
+
+
+def tensors_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when every floating-point tensor of ``tensors`` is finite (one host sync)."""
+    floats = [t for t in tensors if t.is_floating_point()]
+    return not floats or bool(torch.stack([t.isfinite().all() for t in floats]).all())
+
+
 def all_finite(module: torch.nn.Module) -> bool:
     """True when every parameter and buffer is finite (one host sync)."""
-    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
-    return not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+    return tensors_finite([*module.parameters(), *module.buffers()])
 
 
 class PreemptionCheckpoint(Callback):
@@ -167,6 +180,15 @@ class PreemptionCheckpoint(Callback):
                 )
         except Exception as exc:  # e.g. a diverged state refused by NonFiniteLossGuard: keep the older file
             log.warning("SIGTERM: could not save %s (%s); the previous checkpoint is kept", self.path, exc)
+
+
+class FitGuards(NonFiniteLossGuard, PreemptionCheckpoint):
+    """Both guards as one callback: Lightning dispatches every hook to every callback (~1.7 µs each per hook, ~7
+    hooks a training step), and the two share no hook."""
+
+    def __init__(self, path: str | Path, monitor: str | None = None) -> None:
+        NonFiniteLossGuard.__init__(self, monitor=monitor)
+        PreemptionCheckpoint.__init__(self, path)
 
 
 _sigterm = threading.Event()

@@ -21,6 +21,7 @@ from dl_lightning.data.class_path import is_class_spec
 from dl_lightning.data.user_datamodule import UserData, load_user_data
 from dl_lightning.errors import InputError
 from dl_lightning.metrics import stage_metrics
+from dl_lightning.modules.base import TrainEpochValues
 from dl_lightning.registry import build_model, kind_for_family, monitor_for, record_for
 from pipelines import finetune
 from pipelines.checkpoints import LAST, AtomicCheckpointIO, EpochSeed, LastCheckpoint
@@ -221,7 +222,8 @@ def fit_module(
     # Guards before tracking's callback: a SIGTERM save keeps unsent metrics.
     guards = fit_guards(checkpoint.dirpath, monitor=checkpoint.monitor)
     every_epoch = [EpochSeed(cfg.seed), LastCheckpoint(checkpoint.dirpath)]
-    callbacks = [checkpoint, *every_epoch, *_stopping(cfg, task), *guards, *callbacks]
+    # TrainEpochValues first: the train values are in callback_metrics before any other epoch-end hook reads them
+    callbacks = [TrainEpochValues(), checkpoint, *every_epoch, *_stopping(cfg, task), *guards, *callbacks]
     trainer = _make_trainer(cfg, callbacks)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)  # never unpickle code
     # a user's LightningModule without a test_step is fitted, not tested

@@ -3,11 +3,13 @@ supervised families) loss, metrics and logging."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanSquaredError, Metric, MetricCollection, R2Score
@@ -35,30 +37,81 @@ FAMILY_KEY = "dlforge_family"
 STAGES = ("train", "val", "test")
 
 
+# Batches a RunningMean holds before folding them in: bounds the memory held (train outputs) to this many batches.
+HOLD_BATCHES = 64
+
+
+def weighted_loss_sum(batches: list[tuple[torch.Tensor, ...]], counts: list[int]) -> torch.Tensor:
+    """Σ batch mean loss × batch size: the sum of the per-example losses of ``(loss,)`` batches."""
+    losses = torch.stack([loss for (loss,) in batches])
+    return (losses * torch.tensor(counts, dtype=losses.dtype, device=losses.device)).sum()
+
+
+def hit_count(batches: list[tuple[torch.Tensor, ...]], counts: list[int]) -> torch.Tensor:
+    """How many ``(logits (B, K), targets (B,))`` rows have their target as the top class."""
+    return (torch.cat([out for out, _ in batches]).argmax(dim=1) == torch.cat([y for _, y in batches])).sum()
+
+
+def squared_error_sum(batches: list[tuple[torch.Tensor, ...]], counts: list[int]) -> torch.Tensor:
+    """Σ (prediction − target)² over ``(predictions (B,), targets (B,))`` batches."""
+    return (torch.cat([pred for pred, _ in batches]) - torch.cat([y for _, y in batches])).square().sum()
+
+
 class RunningMean(Metric):
     """The mean of every value added since the last reset, synced across ranks (sums) when computed.
 
-    ``add`` is the per-step path: two in-place tensor additions and no host sync — a tenth of torchmetrics'
-    ``MeanMetric.update`` (input casting, NaN checks, weight broadcasting, the update wrapper), which was most of
-    what dlforge added to a short training step. A NaN stays in the mean: a diverged loss is not hidden.
+    ``hold`` is the per-step path: it keeps references to the batch's tensors — no tensor op, no host sync — and
+    ``fold`` (e.g. :func:`hit_count`) turns up to ``HOLD_BATCHES`` of them into one sum at once, before any
+    compute or sync; per step that is a list append instead of the 4-8 small tensor ops (~40 µs on CPU, as many
+    kernel launches on a GPU) that were most of what dlforge added to a short training step. ``add`` adds a sum
+    at once. A NaN stays in the mean: a diverged loss is not hidden.
     """
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, fold: Callable[[list[tuple[torch.Tensor, ...]], list[int]], torch.Tensor] | None = None):
         super().__init__()
         self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")  # the default dtype, as MeanMetric: MPS has
         self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")  # no float64
+        self.fold = fold  # a module-level function: the metric pickles (ddp_spawn)
+        self._held: list[tuple[torch.Tensor, ...]] = []
+        self._held_counts: list[int] = []
 
     def add(self, total: torch.Tensor, count: int) -> None:
         """Add ``count`` values whose sum is ``total`` (a 0-d tensor; detached)."""
         self.total.add_(total.detach())  # in place: no attribute assignment through nn.Module's __setattr__
         self.count.add_(count)
+        self._record_update()
+
+    def hold(self, *tensors: torch.Tensor, count: int) -> None:
+        """Add a batch of ``count`` values, given as the tensors ``fold`` sums (detached here; kept until folded)."""
+        self._held.append(tuple(t.detach() for t in tensors))
+        self._held_counts.append(count)
+        self._record_update()
+        if len(self._held) >= HOLD_BATCHES:
+            self._fold_held()
+
+    def _record_update(self) -> None:
         # what Metric.update's wrapper records (compute() then knows it has data and recomputes); plain attributes
         # live in __dict__, so writing there skips the Module and Metric __setattr__ checks, ~10 µs a step
         state = self.__dict__
         state["_update_count"] += 1
         state["_computed"] = None
+
+    def _fold_held(self) -> None:
+        held, counts, self._held, self._held_counts = self._held, self._held_counts, [], []
+        if held:
+            self.total.add_(self.fold(held, counts))  # type: ignore[misc]
+            self.count.add_(sum(counts))
+
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        """Fold the held batches in first: compute() syncs the states across ranks before it reads them."""
+        self._fold_held()
+        super().sync(*args, **kwargs)
+
+    def reset(self) -> None:
+        self._held, self._held_counts = [], []
+        super().reset()
 
     def update(self, values: torch.Tensor) -> None:
         """Add every element of ``values``."""
@@ -67,6 +120,21 @@ class RunningMean(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.total / self.count
+
+
+class TrainEpochValues(L.Callback):
+    """Has a :class:`SupervisedModule` publish its train epoch values (``train/loss``, ``train/acc`` or ``/mse``)
+    in ``trainer.callback_metrics`` at the epoch's end, before the callbacks after it read them.
+
+    Without it the module hands its train metric objects to ``self.log`` once per epoch (~0.4 ms of CPU a call,
+    two calls); the module's own ``on_train_epoch_end`` would come too late, as Lightning runs it after every
+    callback that does not monitor a metric (the epoch line, tracking). ``pipelines.train.fit_module`` puts it
+    first in every fit's callbacks.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(pl_module, SupervisedModule):
+            pl_module.publish_train_epoch()
 
 
 def example_input(data: dict, batch: int = 2) -> torch.Tensor:
@@ -153,14 +221,15 @@ class SupervisedModule(FamilyModule):
         # Train: one running mean per epoch — accuracy is the mean of per-example hits, MSE of squared errors —
         # the values of torchmetrics' Accuracy/MSE at a fifth of their per-step cost, and no AUROC buffers.
         score = "acc" if self.classification else "mse"
-        self.train_score = RunningMean()
+        self.train_score = RunningMean(hit_count if self.classification else squared_error_sum)
         self.train_metrics = MetricCollection({score: self.train_score}, prefix="train/")
         self.val_metrics = full.clone(prefix="val/")
         self.test_metrics = full.clone(prefix="test/")
         # Mean loss per stage, weighted by batch size and synced across ranks when computed; a NaN stays in the
         # mean (dropping it would hide a diverged validation).
-        self.train_loss, self.val_loss, self.test_loss = (RunningMean() for _ in STAGES)
-        self._logged: set[str] = set()  # stages whose metric objects are registered with Lightning this epoch
+        self.train_loss, self.val_loss, self.test_loss = (RunningMean(weighted_loss_sum) for _ in STAGES)
+        self._train_logged = False  # train metric objects registered with Lightning this epoch
+        self._publishes_train = False  # a TrainEpochValues callback publishes the train values (on_fit_start)
         # val/test batches' metric inputs, handed to the metric set in one update at the epoch's end
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         # data.class_weights=balanced: derived from the train split at build time; not persistent, so checkpoints
@@ -187,22 +256,39 @@ class SupervisedModule(FamilyModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._track("test", self._data_loss(batch, "test"), len(batch[0]))
 
+    def on_fit_start(self) -> None:
+        self._publishes_train = any(isinstance(cb, TrainEpochValues) for cb in self.trainer.callbacks)
+
     def on_train_epoch_start(self) -> None:
-        self._logged.discard("train")
+        self._train_logged = False
+        if self._publishes_train:  # what Lightning's reset of a logged metric object does at the epoch's end
+            self.train_loss.reset()
+            self.train_metrics.reset()
+
+    def publish_train_epoch(self) -> None:
+        """Publish the epoch's train loss and score (synced across ranks) and reset them; nothing without a step."""
+        if not self._publishes_train or self.train_loss.update_count == 0:
+            return
+        self._publish({"train/loss": self.train_loss.compute(), **self.train_metrics.compute()})
+        self.train_loss.reset()
+        self.train_metrics.reset()
 
     def on_validation_epoch_start(self) -> None:
-        self._logged.discard("val")
-        self._outputs["val"].clear()
+        self._start_epoch("val")
 
     def on_validation_epoch_end(self) -> None:
         self._update_metrics("val")
 
     def on_test_epoch_start(self) -> None:
-        self._logged.discard("test")
-        self._outputs["test"].clear()
+        self._start_epoch("test")
 
     def on_test_epoch_end(self) -> None:
         self._update_metrics("test")
+
+    def _start_epoch(self, stage: str) -> None:
+        """Forget what an interrupted epoch of ``stage`` left behind."""
+        self._outputs[stage].clear()
+        getattr(self, f"{stage}_loss").reset()
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch
@@ -217,22 +303,23 @@ class SupervisedModule(FamilyModule):
         if self.classification:
             y = y.long()
             loss = F.cross_entropy(out, y, weight=self.class_weight if stage == "train" else None)
-            if stage == "train":  # hits per example, summed on the device: no host sync per step
-                self.train_score.add((out.detach().argmax(dim=1) == y).sum(), len(y))
+            if stage == "train":  # hits per example, counted when folded: no tensor op or host sync per step
+                self.train_score.hold(out, y, count=len(y))
                 return loss
             inputs = (out.softmax(dim=1), y)
         else:
             pred, y = out.reshape(-1), y.reshape(-1).to(out.dtype)  # (B,) each; targets may arrive as (B, 1)
             loss = F.mse_loss(pred, y)
             if stage == "train":
-                self.train_score.add((pred.detach() - y).square().sum(), len(y))
+                self.train_score.hold(pred, y, count=len(y))
                 return loss
             inputs = (pred, y)
         self._outputs[stage].append(inputs)
         return loss
 
     def _update_metrics(self, stage: str) -> None:
-        """Update the stage's metric set once with all of the epoch's batches, then log its values and reset it.
+        """Update the stage's metric set once with all of the epoch's batches, then publish its values and the
+        stage's mean loss, and reset both.
 
         One update per epoch instead of one per batch: each torchmetrics update checks its inputs and does its
         bookkeeping per call, six metrics at a time — per batch that was most of what validation cost beyond
@@ -242,27 +329,46 @@ class SupervisedModule(FamilyModule):
         if not outputs:
             return
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        mean_loss: RunningMean = getattr(self, f"{stage}_loss")
         metrics.update(*(torch.cat(parts) for parts in zip(*outputs, strict=True)))
-        # compute() syncs the states across ranks, so every rank logs the same values; sync_dist averages those
-        # equal values (one all-reduce each) and keeps Lightning from warning that epoch values are unsynced
-        self.log_dict(metrics.compute(), sync_dist=True)
+        # compute() syncs the states across ranks, so every rank holds the same values
+        self._publish({f"{stage}/loss": mean_loss.compute(), **metrics.compute()})
         metrics.reset()
+        mean_loss.reset()
+
+    def _publish(self, values: dict[str, torch.Tensor]) -> None:
+        """Make epoch values (already synced across ranks) what callbacks read in ``trainer.callback_metrics``.
+
+        During a fit they are written there directly, as Lightning's own ddp_spawn launcher does: each
+        ``self.log`` call costs ~0.4 ms of CPU (Lightning moves its result object to the device on every call),
+        nine calls an epoch before — the largest part of what dlforge added to a short epoch (docs/benchmarks.md). A
+        ``trainer.validate``/``test`` returns what was logged, so there they go through ``self.log``; sync_dist
+        averages the equal values and keeps Lightning from warning that epoch values are unsynced. Either way
+        validation's values are there from the module's ``on_validation_epoch_end`` on: for ``on_validation_end``
+        hooks (checkpointing, early stopping) and every train-epoch-end hook.
+        """
+        trainer = self.trainer
+        if trainer.state.fn != TrainerFn.FITTING:
+            self.log_dict(values, sync_dist=True)
+        elif not trainer.sanity_checking:  # Lightning keeps sanity-check values out of callback_metrics too
+            trainer.callback_metrics.update(values)
 
     def _track(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
-        """Add the batch's loss to the stage's mean; hand the stage's metric objects to Lightning once per epoch.
+        """Add the batch's loss to the stage's mean; without a :class:`TrainEpochValues` callback, hand the train
+        metric objects to Lightning once per epoch.
 
         Lightning computes, syncs, logs and resets a logged metric object at epoch end however often it was
         handed over, and each ``self.log`` call walks Lightning's whole result collection: calling it every step
-        was most of dlforge's per-step overhead over a plain PyTorch loop (docs/benchmarks.md).
+        was most of dlforge's per-step overhead over a plain PyTorch loop (docs/benchmarks.md). Val/test losses
+        are published with their metric sets at the epoch's end (``_update_metrics``).
         """
         mean_loss: RunningMean = getattr(self, f"{stage}_loss")
-        mean_loss.add(loss.detach() * batch_size, batch_size)  # the batch-size-weighted mean over examples
-        if stage in self._logged:
+        mean_loss.hold(loss, count=batch_size)  # the batch-size-weighted mean over examples
+        if stage != "train" or self._train_logged or self._publishes_train:
             return
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True)
-        if stage == "train":  # val/test metric sets are logged by _update_metrics at their epoch's end
-            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-        self._logged.add(stage)
+        self.log("train/loss", mean_loss, on_step=False, on_epoch=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        self._train_logged = True
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(param_groups(self, self.backbone_names, self.optim_cfg), self.optim_cfg)

@@ -80,7 +80,7 @@ class _ValLoss(L.Callback):
     def __init__(self) -> None:
         self.seen: list[float] = []
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:  # where the checkpoint callback reads it
         self.seen.append(float(trainer.callback_metrics["val/loss"]))
 
 
