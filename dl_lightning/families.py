@@ -83,6 +83,7 @@ class Family:
         section: the config section of typed defaults (``model.<name>``), or None: arguments come from ``model.args``.
         width_keys: arguments a student multiplies by ``compress.student.width`` (ints, or lists of ints).
         depth_keys: arguments ``compress.student.depth`` cuts: a list to its first ``depth`` items, an int to ``depth``.
+        student_depth: the depth a student keeps when ``compress.student.depth`` is 0 (0: its teacher's).
         multiple_of: ``(key, of)`` pairs: after shrinking, ``key`` stays a multiple of ``of`` (attention heads).
         fit_only_keys: section keys the fit uses but the module does not take (e.g. how often to save samples).
         monitor: task → the default checkpoint/early-stopping metric and its mode (``None``: no good one).
@@ -98,6 +99,7 @@ class Family:
     section: type | None = None
     width_keys: tuple[str, ...] = ()
     depth_keys: tuple[str, ...] = ()
+    student_depth: int = 0
     multiple_of: tuple[tuple[str, str], ...] = ()
     fit_only_keys: tuple[str, ...] = ()
     monitor: dict[str, tuple[str | None, str]] = field(default_factory=lambda: dict(SUPERVISED_MONITOR))
@@ -158,6 +160,9 @@ BUILTIN: tuple[Family, ...] = (
         TransformerConfig,
         width_keys=("d_model", "dim_feedforward"),
         depth_keys=("num_layers",),
+        # within ¼ of the parameters one wider layer held its teacher where two narrower ones fell 2 points short
+        # (docs/benchmarks.md, distillation)
+        student_depth=1,
         multiple_of=(("d_model", "nhead"),),
         sequence_axis=True,
     ),

@@ -174,7 +174,8 @@ class StudentConfig:
     # the student's constructor arguments over the shrunk starting ones (a class path's widths are not known)
     args: dict[str, Any] = field(default_factory=dict)
     width: float = field(default=0.5, metadata=_check(gt=0, le=4))
-    depth: int = field(default=0, metadata=_check(ge=0))  # 0 = the starting architecture's depth
+    # 0 = the family's student depth (a transformer: 1 layer), else the starting architecture's depth
+    depth: int = field(default=0, metadata=_check(ge=0))
     # at most this fraction of the teacher's parameters: the width narrows below `width` until the student fits
     # (an input or output layer shrinks with the width, not its square); 0 = no limit
     max_params: float = field(default=0.25, metadata=_check(ge=0, le=1))

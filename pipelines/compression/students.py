@@ -40,13 +40,15 @@ def student_epochs(cfg: Config, teacher: Teacher) -> int:
 
 
 def student_arch(cfg: Config, teacher: Teacher, width: float | None = None) -> tuple[str, dict[str, Any]]:
-    """The student's family and keyword arguments: the starting architecture shrunk by ``compress.student``."""
+    """The student's family and keyword arguments: the starting architecture shrunk by ``compress.student``
+    (``depth`` 0: the family's own student depth, else the starting architecture's)."""
     s = cfg.compress.student
     if s.family == "same":
         family, arch = teacher.family, dict(teacher.arch)
     else:  # a named family starts from its config section (a class path or a sectionless family: from nothing)
         family, arch = s.family, dataclasses.replace(cfg.model, family=s.family, args={}).arch()
-    shrunk = shrink(arch, s.width if width is None else width, s.depth, record_for(family))
+    record = record_for(family)
+    shrunk = shrink(arch, s.width if width is None else width, s.depth or record.student_depth, record)
     return family, {**shrunk, **s.args}
 
 

@@ -121,6 +121,18 @@ def test_shrink_scales_widths_and_cuts_depth():
     assert rnn["hidden_size"] == 1 and rnn["num_layers"] == 2 and rnn["bidirectional"] is False
 
 
+def test_a_transformer_student_keeps_one_layer_unless_told_and_other_families_their_depth():
+    from pipelines.config import load_config
+
+    arch = {"d_model": 64, "nhead": 4, "num_layers": 2, "dim_feedforward": 128}
+    teacher = Teacher(None, "t.ckpt", "transformer", SPEC, arch, None)
+    assert students.student_arch(load_config(None, []), teacher)[1]["num_layers"] == 1
+    two = load_config(None, ["compress.student.depth=2"])
+    assert students.student_arch(two, teacher)[1]["num_layers"] == 2
+    cnn = Teacher(None, "t.ckpt", "cnn", SPEC, {"channels": [32, 64], "hidden": 128}, None)
+    assert students.student_arch(load_config(None, []), cnn)[1]["channels"] == [16, 32]
+
+
 def test_student_arch_same_family_starts_from_the_teacher(tmp_path):
     from pipelines.config import load_config
 
